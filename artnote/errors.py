@@ -1,0 +1,33 @@
+"""Errors a curator can act on. Library code raises these; only the CLI exits."""
+
+
+class ArtnoteError(Exception):
+    """Base class: the message is one line, shown as is by the CLI."""
+
+
+class ConfigError(ArtnoteError):
+    """A setting in artnote.toml, the environment or a flag is invalid."""
+
+
+class ModelNotFoundError(ArtnoteError):
+    """The model's weights are not on disk and cannot be fetched."""
+
+
+class ModelError(ArtnoteError):
+    """The model loaded but cannot be used as asked (family, quantization, device)."""
+
+
+class AdapterError(ArtnoteError):
+    """An adapter file is missing, malformed, or belongs to another base model."""
+
+
+class ImageError(ArtnoteError):
+    """One image cannot be read; the scan records the reason and goes on."""
+
+
+class CatalogError(ArtnoteError):
+    """The catalog cannot be opened, migrated, or queried as asked."""
+
+
+class NotFoundError(ArtnoteError):
+    """An image, adapter or run named by the user does not exist."""
