@@ -1,0 +1,43 @@
+"""Plain records passed between the model, the pipeline and the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from artnote.emotions import EMOTIONS
+
+
+@dataclass
+class Provenance:
+    """Where an annotation came from: enough to reproduce it and to tell AI text from human text."""
+
+    model: str  # hub id or folder as given
+    revision: str | None  # resolved commit hash when known
+    family: str  # llava | idefics3
+    adapter: str | None  # adapter content hash, None for the base model
+    adapter_name: str | None
+    prompt_version: str  # version of the prompt set in artnote.model.prompts
+    prompt_hash: str  # sha256 prefix of the exact prompt texts used
+    generation: dict[str, Any]  # max tokens per field, sampling settings
+    encoder: str  # onnx | torch
+    device: str
+    ms: float  # wall time for this image's share of its batch
+
+
+@dataclass
+class Annotation:
+    alt_text: str  # one sentence, at most 125 characters
+    description: str  # long artistic description
+    emotions: dict[str, float]  # ArtEmis's nine labels (EMOTIONS order) -> probability, sums to 1
+    dominant_emotion: str
+    explanation: str  # ArtEmis-style: "... because ..."
+    provenance: Provenance
+    alt_text_truncated: bool = False  # the model ran over 125 characters and was cut
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def emotion_vector(self) -> list[float]:
+        return [self.emotions[e] for e in EMOTIONS]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
