@@ -1,0 +1,252 @@
+"""ArtGPT-4 bottleneck adapters: attach, choose the trainable set, save and load.
+
+Per decoder layer, on the residual stream right after the attention residual add
+and before the post-attention norm and MLP (ArtGPT-4, minigpt4/models/
+modeling_llama.py `LlamaDecoderLayer.forward`):
+
+    h = x + attn(norm1(x));  h = h + up(GELU(down(h)));  out = h + mlp(norm2(h))
+
+transformers' layer code is not copied or edited. A forward pre-hook on the
+layer keeps its input x (the residual) and a forward hook on `self_attn` returns
+attn + delta(x + attn), which makes the layer's own `x + attn` equal to the
+adapted h. `up` starts at zero, so an untrained adapter is an exact identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from artnote import __version__
+from artnote.errors import AdapterError
+from artnote.model.families import Family, decoder_layers, language_model, projector
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+ATTR = "artnote_adapters"  # where the adapters live on the model (so .to() moves them)
+
+
+class BottleneckAdapter(nn.Module):
+    """y = x + up(GELU(down(x))); hidden -> hidden/reduction -> hidden, with bias."""
+
+    def __init__(self, hidden: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, hidden // reduction)
+        self.up = nn.Linear(hidden // reduction, hidden)
+        self.act = nn.GELU()
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self._residual: torch.Tensor | None = None
+
+    def delta(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(h)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.delta(h)
+
+
+@dataclass
+class AdapterConfig:
+    base_model: str
+    base_revision: str | None
+    base_fingerprint: str
+    family: str
+    reduction: int
+    layers: int
+    hidden_size: int
+    trainable: list[str]
+    artnote_version: str = __version__
+    content_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def attach_adapters(model: nn.Module, reduction: int = 4) -> nn.ModuleList:
+    """Add one adapter per decoder layer (zero-initialised) and hook it in place."""
+    if hasattr(model, ATTR):
+        raise AdapterError("adapters are already attached to this model")
+    layers = decoder_layers(model)
+    hidden = language_model(model).config.hidden_size
+    if hidden % reduction:
+        raise AdapterError(f"hidden size {hidden} is not divisible by reduction {reduction}")
+    ref = layers[0].post_attention_layernorm.weight
+    adapters = nn.ModuleList(BottleneckAdapter(hidden, reduction) for _ in layers)
+    # Cast once, here: the reference code swaps Parameters inside forward.
+    adapters.to(device=ref.device, dtype=ref.dtype if ref.dtype.is_floating_point else None)
+    setattr(model, ATTR, adapters)
+    for layer, adapter in zip(layers, adapters, strict=True):
+        layer.register_forward_pre_hook(_keep_residual(adapter), with_kwargs=True)
+        layer.self_attn.register_forward_hook(_adapt_attention(adapter))
+    return adapters
+
+
+def _keep_residual(adapter: BottleneckAdapter):
+    def hook(_module, args, kwargs):
+        adapter._residual = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
+def _adapt_attention(adapter: BottleneckAdapter):
+    def hook(_module, _args, output):
+        attn = output[0] if isinstance(output, tuple) else output
+        residual, adapter._residual = adapter._residual, None
+        if residual is None:
+            raise AdapterError("adapter hook ran without the layer's input")
+        adapted = attn + adapter.delta(residual + attn)
+        return (adapted, *output[1:]) if isinstance(output, tuple) else adapted
+
+    return hook
+
+
+def adapters_of(model: nn.Module) -> nn.ModuleList | None:
+    return getattr(model, ATTR, None)
+
+
+def trainable_names(model: nn.Module, family: Family) -> list[str]:
+    """ArtGPT-4's trainable set: adapters, every post-attention norm, even layers'
+    input norm (0-based), and the vision-to-text projector."""
+    if adapters_of(model) is None:
+        raise AdapterError("attach adapters before choosing the trainable set")
+    chosen: set[int] = set()
+    for i, layer in enumerate(decoder_layers(model)):
+        chosen.update(id(p) for p in layer.post_attention_layernorm.parameters())
+        if i % 2 == 0:
+            chosen.update(id(p) for p in layer.input_layernorm.parameters())
+    chosen.update(id(p) for p in projector(model, family).parameters())
+    chosen.update(id(p) for p in adapters_of(model).parameters())
+    return [name for name, p in model.named_parameters() if id(p) in chosen]
+
+
+def mark_trainable(model: nn.Module, family: Family) -> list[str]:
+    """Freeze everything except the trainable set; return its parameter names."""
+    names = set(trainable_names(model, family))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+    return sorted(names)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """Identify the base weights (not just the name, which may be a hub id or a folder)."""
+    cfg = model.config.to_dict()
+    keys = {k: cfg.get(k) for k in ("model_type", "image_token_id")}
+    text = language_model(model).config
+    keys.update(hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size)
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
+    embed = language_model(model).get_input_embeddings().weight
+    digest.update(embed[:64].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_adapter(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    family: Family,
+    base_model: str,
+    base_revision: str | None,
+    extra: dict[str, Any] | None = None,
+) -> AdapterConfig:
+    """Write exactly the trainable tensors and a config naming the base model."""
+    from safetensors.torch import save_file
+
+    adapters = adapters_of(model)
+    if adapters is None:
+        raise AdapterError("no adapters attached: nothing to save")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = trainable_names(model, family)
+    params = dict(model.named_parameters())
+    tensors = {n: params[n].detach().to("cpu").contiguous() for n in names}
+    tmp = out / (ADAPTER_FILE + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(out / ADAPTER_FILE)  # never leave a half-written adapter under the real name
+    config = AdapterConfig(
+        base_model=base_model,
+        base_revision=base_revision,
+        base_fingerprint=base_fingerprint(model),
+        family=family.name,
+        reduction=adapters[0].down.in_features // adapters[0].down.out_features,
+        layers=len(adapters),
+        hidden_size=adapters[0].down.in_features,
+        trainable=names,
+        content_hash=file_hash(out / ADAPTER_FILE),
+        extra=extra or {},
+    )
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
+    return config
+
+
+def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
+    path = Path(adapter_dir) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"not an adapter folder (no {CONFIG_FILE}): {adapter_dir}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from None
+    known = {f for f in AdapterConfig.__dataclass_fields__}
+    # Old adapter configs stay loadable: unknown keys go to extra, missing ones default.
+    extra = {k: v for k, v in data.items() if k not in known}
+    data = {k: v for k, v in data.items() if k in known}
+    data.setdefault("extra", {}).update(extra)
+    try:
+        return AdapterConfig(**data)
+    except TypeError as exc:
+        raise AdapterError(f"adapter config {path} is incomplete: {exc}") from None
+
+
+def load_adapter(
+    model: nn.Module, adapter_dir: str | Path, *, family: Family, base_model: str
+) -> AdapterConfig:
+    """Attach (if needed) and fill adapters from a folder; refuse another base model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(adapter_dir)
+    mine = base_fingerprint(model)
+    if config.base_fingerprint != mine or config.family != family.name:
+        raise AdapterError(
+            f"adapter {adapter_dir} was trained for base model {config.base_model!r} "
+            f"and cannot be loaded onto {base_model!r}"
+        )
+    path = Path(adapter_dir) / ADAPTER_FILE
+    try:
+        tensors = load_file(str(path))  # safetensors: no pickle, no code
+    except (OSError, SafetensorError) as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from None
+    if adapters_of(model) is None:
+        attach_adapters(model, reduction=config.reduction)
+    expected = set(trainable_names(model, family))
+    if set(tensors) != expected:
+        missing, unexpected = expected - set(tensors), set(tensors) - expected
+        raise AdapterError(
+            f"adapter {adapter_dir} does not fit this model "
+            f"({len(missing)} tensors missing, {len(unexpected)} unexpected)"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                raise AdapterError(f"adapter tensor {name} has shape {tuple(tensor.shape)}, "
+                                   f"the model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor.to(params[name].dtype))
+    config.content_hash = config.content_hash or file_hash(path)
+    return config
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

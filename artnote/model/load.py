@@ -1,0 +1,199 @@
+"""Load a Hugging Face VLM (hub id or local folder) the same way for every checkpoint.
+
+Real checkpoints and the tiny random models of `artnote models tiny` take this
+one path: AutoProcessor + AutoModelForImageTextToText. The network is touched
+only when the weights are not on disk, and then only after a quick check that
+the hub can be reached at all, so an offline machine gets one clear error in
+seconds instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from artnote.config import ModelSettings
+from artnote.errors import ModelError, ModelNotFoundError
+from artnote.model.families import Family, family_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel (…ForConditionalGeneration)
+    processor: Any
+    family: Family
+    name: str  # as the user gave it
+    revision: str | None  # resolved commit when known
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype of the language model
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    """Load processor and model; raise ModelNotFoundError with the fix when weights are missing."""
+    _quiet_transformers()
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if settings.trust_remote_code:
+        log.warning("trust_remote_code is on: code shipped with %s will run", settings.name)
+    kwargs: dict[str, Any] = {
+        "revision": settings.revision,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+    local = Path(settings.name).expanduser().is_dir()
+    if not local:
+        kwargs["local_files_only"] = _must_stay_offline(settings.name)
+    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    quantization = _quantization_config(settings.quantization, device, dtype)
+    if quantization is not None:
+        model_kwargs.update(quantization_config=quantization, device_map={"": 0})
+    name = str(Path(settings.name).expanduser()) if local else settings.name
+    try:
+        processor = AutoProcessor.from_pretrained(name, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs, **model_kwargs)
+    except (OSError, ValueError) as exc:
+        if local or _looks_missing(exc):
+            raise ModelNotFoundError(_how_to_get(settings.name, local)) from exc
+        raise ModelError(f"cannot load model {settings.name!r}: {_first_line(exc)}") from exc
+    family = family_for(model.config.model_type)
+    if quantization is None:
+        model.to(device)
+    model.eval()
+    if getattr(processor, "tokenizer", None) is None:
+        raise ModelError(f"model {settings.name!r} has no tokenizer in its processor")
+    processor.tokenizer.padding_side = "left"
+    revision = getattr(model.config, "_commit_hash", None) or settings.revision
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=family,
+        name=settings.name,
+        revision=revision,
+        device=torch.device(device),
+        dtype=dtype,
+    )
+
+
+def _quantization_config(quantization: str, device: str, dtype):
+    if quantization == "none":
+        return None
+    if device != "cuda":
+        raise ModelError(
+            f"quantization = {quantization!r} needs a CUDA GPU (bitsandbytes); "
+            "set [model] quantization = \"none\" on this machine"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as exc:  # bitsandbytes fails in many ways on unsupported machines
+        raise ModelError(
+            f"quantization = {quantization!r} needs bitsandbytes, which cannot run here "
+            f"({_first_line(exc)}); install artnote[gpu] or set quantization = \"none\""
+        ) from None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # Keep the vision tower and projector in full precision: they are small and the
+    # ONNX encoder path needs real weights.
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_type="nf4",
+        llm_int8_skip_modules=["vision_tower", "vision_model", "multi_modal_projector", "connector"],
+    )
+
+
+def _must_stay_offline(name: str) -> bool:
+    """True when only the local cache may be used (offline, or the hub is unreachable)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return True
+    if _in_local_cache(name):
+        return True
+    return not _hub_reachable()
+
+
+def _in_local_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed id: let from_pretrained give its own error
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so bound the whole probe with a thread.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _looks_missing(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in ("couldn't connect", "cannot find", "can't find", "not found", "offline",
+                  "does not appear to have", "is not a local folder", "no such file", "local_files_only")
+    )
+
+
+def _how_to_get(name: str, local: bool) -> str:
+    if local:
+        return (f"model folder {name!r} does not hold a loadable model (config.json, processor "
+                "and weights); point [model] name at a folder made by `hf download` or save_pretrained")
+    return (f"model {name!r} is not on this machine and the hub cannot be reached: on a connected "
+            f"machine run `hf download {name}` (then copy the cache or folder here), or set "
+            "[model] name / --model to a local folder")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _quiet_transformers() -> None:
+    """Progress bars and advice from transformers would drown artnote's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

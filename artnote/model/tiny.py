@@ -1,0 +1,203 @@
+"""Tiny RANDOM-weight models of the real architectures, built offline.
+
+They exist so that tests, `artnote selftest` and smoke runs exercise exactly the
+code path a real checkpoint takes (AutoProcessor + AutoModelForImageTextToText
+from a folder) without downloading anything. Their text is meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from artnote.emotions import EMOTIONS
+from artnote.errors import ArtnoteError
+from artnote.model import prompts
+
+TINY_FAMILIES = ("llava", "smolvlm")
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: built by `artnote models tiny` for tests; its text is meaningless."
+
+# The chat templates follow the real checkpoints' (llava-1.5, SmolVLM) so the
+# prompt path is the same.
+_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+_CORPUS = [
+    "A small ship fights a stormy sea under a dark sky.",
+    "A portrait of a woman in a wide hat, painted in bold unmixed colours.",
+    "Water lilies float on a pond that mirrors the sky in soft blues and greens.",
+    "A figure screams on a bridge under a swirling orange sky.",
+    "A great wave curls over boats, with Mount Fuji small in the distance.",
+    "Flowers on a gold screen, painted with fine ink lines and flat colour.",
+    "A night sky of swirling stars above a quiet village and a dark cypress.",
+    "Abstract shapes in grey, pink and blue suggest a dancer in motion.",
+    "Oil on canvas, woodblock print, ink and colour on silk, watercolour on paper.",
+    "The composition leads the eye from the foreground to the horizon.",
+    "Thick brushwork and vivid contrast give the scene energy and movement.",
+    "The muted palette and soft light create a calm, contemplative mood.",
+] + [f"It makes me feel {e} because the colours and the light." for e in EMOTIONS]
+
+
+def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
+    """Write a tiny random model of `family` to out_dir; return the folder."""
+    if family not in TINY_FAMILIES:
+        raise ArtnoteError(f"unknown family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if family == "llava":
+        tokenizer = _train_tokenizer(["<image>"])
+        config, processor = _llava(tokenizer)
+    else:
+        extra = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+        extra += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+        tokenizer = _train_tokenizer(extra)
+        config, processor = _smolvlm(tokenizer)
+    config.artnote_note = RANDOM_WEIGHTS_NOTE
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(
+        f"# tiny {family} model\n\n{RANDOM_WEIGHTS_NOTE}\n", encoding="utf-8"
+    )
+    return out
+
+
+def _train_tokenizer(special: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base_special = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = _CORPUS + [prompts.question(f, "awe") for f in prompts.FIELDS]
+    corpus += [prompts.answer_lead("explanation", e) for e in EMOTIONS]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=base_special + special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=special,
+        padding_side="left",
+    )
+
+
+def _text_config(tokenizer) -> dict:
+    return {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
+def _llava(tokenizer):
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+
+    config = LlavaConfig(
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 32,
+        },
+        text_config=_text_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_LLAVA_TEMPLATE,
+    )
+    return config, processor
+
+
+def _smolvlm(tokenizer):
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config=_text_config(tokenizer),
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # Splitting on, as in SmolVLM: a large image becomes up to 2x2 tiles plus a
+    # global view, so batches really hold images with different token counts.
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=True,
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 32},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=_SMOLVLM_TEMPLATE,
+    )
+    return config, processor
+
+
+def describe_tiny(path: Path) -> dict:
+    cfg = json.loads((path / "config.json").read_text())
+    return {"path": str(path), "model_type": cfg.get("model_type"), "note": cfg.get("artnote_note")}
