@@ -1,0 +1,224 @@
+"""Model core: adapter placement and identity, trainable set, adapter files, batching, scoring."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from artnote.config import GenerationSettings, ModelSettings
+from artnote.emotions import EMOTIONS
+from artnote.errors import AdapterError, ModelNotFoundError
+from artnote.model import inputs
+from artnote.model.adapters import (
+    ADAPTER_FILE,
+    adapters_of,
+    attach_adapters,
+    count_trainable,
+    load_adapter,
+    mark_trainable,
+    save_adapter,
+)
+from artnote.model.annotate import Annotator, clean_alt_text
+from artnote.model.families import family_for
+from artnote.model.load import load_model
+from artnote.model.tiny import build_tiny_model
+
+FAMILIES = ("llava", "smolvlm")
+SHORT = GenerationSettings(alt_text_tokens=6, description_tokens=10, explanation_tokens=6)
+
+
+def _load(path):
+    return load_model(ModelSettings(name=str(path), device="cpu"))
+
+
+def _logits(loaded, images):
+    proc = loaded.processor
+    prefix = inputs.field_parts(proc, "description")
+    text = prefix.prefix + prefix.suffix
+    nested = [[im] for im in images] if loaded.family.name == "idefics3" else images
+    enc = proc(text=[text] * len(images), images=nested, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return loaded.model(**enc).logits
+
+
+def _randomise(module, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_adapters_are_an_exact_identity(tiny_models, art_images, family):
+    loaded = _load(tiny_models[family])
+    base = _logits(loaded, art_images[:2])
+    adapters = attach_adapters(loaded.model)
+    assert torch.equal(_logits(loaded, art_images[:2]), base)
+    for adapter in adapters:
+        _randomise(adapter.up)
+    assert not torch.allclose(_logits(loaded, art_images[:2]), base)
+
+
+def test_adapter_placement_matches_hand_written_layer():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    (adapter,) = attach_adapters(model)
+    _randomise(adapter)
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        body = model.model
+        x = body.embed_tokens(ids)
+        pos = torch.arange(7)[None].expand(2, -1)
+        pe = body.rotary_emb(x, position_ids=pos)
+        layer = body.layers[0]
+        # .forward() bypasses the hooks: this is the plain attention.
+        attn = layer.self_attn.forward(
+            hidden_states=layer.input_layernorm(x), attention_mask=None,
+            position_embeddings=pe, position_ids=pos,
+        )[0]
+        h = x + attn
+        h = h + adapter.up(torch.nn.functional.gelu(adapter.down(h)))
+        out = h + layer.mlp(layer.post_attention_layernorm(h))
+        want = model.lm_head(body.norm(out))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# Exact sizes for the tiny models (hidden 64, reduction 4, 2 layers):
+# adapters 2 x (64*16+16 + 16*64+64) = 4256; post-attn norms 2 x 64; input norm of layer 0: 64;
+# llava projector 32*64+64 + 64*64+64 = 6272; idefics3 connector (32*4)*64 = 8192 (no bias).
+TRAINABLE = {"llava": 4256 + 128 + 64 + 6272, "smolvlm": 4256 + 128 + 64 + 8192}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainable_set_is_artgpt4s(tiny_models, family):
+    loaded = _load(tiny_models[family])
+    attach_adapters(loaded.model)
+    names = mark_trainable(loaded.model, loaded.family)
+    assert count_trainable(loaded.model) == TRAINABLE[family]
+    grad = {n for n, p in loaded.model.named_parameters() if p.requires_grad}
+    assert grad == set(names)
+    layer_norms = {n for n in names if "layernorm" in n}
+    assert any(".0.input_layernorm" in n for n in layer_norms)
+    assert not any(".1.input_layernorm" in n for n in layer_norms)
+    assert sum("post_attention_layernorm" in n for n in layer_norms) == 2
+    projector = "multi_modal_projector" if family == "llava" else "connector"
+    assert any(projector in n for n in names)
+    assert not any("vision" in n or "embed_tokens" in n or "lm_head" in n for n in names)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_save_load_round_trip(tiny_models, art_images, tmp_path, family):
+    from safetensors import safe_open
+
+    loaded = _load(tiny_models[family])
+    attach_adapters(loaded.model)
+    names = mark_trainable(loaded.model, loaded.family)
+    for n, p in loaded.model.named_parameters():
+        if n in names:
+            with torch.no_grad():
+                p.add_(torch.randn_like(p) * 0.1)
+    tuned = _logits(loaded, art_images[:2])
+    config = save_adapter(loaded.model, tmp_path / "ad", family=loaded.family,
+                          base_model=loaded.name, base_revision=None)
+    with safe_open(str(tmp_path / "ad" / ADAPTER_FILE), "pt") as f:
+        assert set(f.keys()) == set(names)
+    assert len(config.content_hash) == 16
+
+    fresh = _load(tiny_models[family])
+    assert not torch.allclose(_logits(fresh, art_images[:2]), tuned)
+    load_adapter(fresh.model, tmp_path / "ad", family=fresh.family, base_model=fresh.name)
+    torch.testing.assert_close(_logits(fresh, art_images[:2]), tuned)
+
+
+def test_adapter_refuses_another_base_model(tiny_models, tmp_path):
+    loaded = _load(tiny_models["llava"])
+    attach_adapters(loaded.model)
+    save_adapter(loaded.model, tmp_path / "ad", family=loaded.family,
+                 base_model="museum/base-a", base_revision=None)
+    other = _load(build_tiny_model(tmp_path / "other", "llava", seed=7))
+    with pytest.raises(AdapterError) as err:
+        load_adapter(other.model, tmp_path / "ad", family=other.family, base_model="museum/base-b")
+    assert "museum/base-a" in str(err.value) and "museum/base-b" in str(err.value)
+    assert adapters_of(other.model) is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_of_8_equals_one_by_one(tiny_models, art_images, family):
+    annotator = Annotator(_load(tiny_models[family]), SHORT)
+    batch = annotator.annotate(art_images)
+    assert len(batch) == 8
+    for image, together in zip(art_images, batch, strict=True):
+        (alone,) = annotator.annotate([image])
+        assert alone.alt_text == together.alt_text
+        assert alone.description == together.description
+        assert alone.explanation == together.explanation
+        torch.testing.assert_close(
+            torch.tensor(alone.extra["emotion_loglik"]),
+            torch.tensor(together.extra["emotion_loglik"]), rtol=1e-4, atol=1e-4,
+        )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_annotation_fields(tiny_models, art_images, family):
+    annotator = Annotator(_load(tiny_models[family]), SHORT)
+    (a, b) = annotator.annotate(art_images[:2])
+    for ann in (a, b):
+        assert list(ann.emotions) == list(EMOTIONS)
+        assert abs(sum(ann.emotions.values()) - 1) < 1e-9
+        assert ann.dominant_emotion == max(ann.emotions, key=ann.emotions.get)
+        assert ann.explanation.startswith(f"It makes me feel {ann.dominant_emotion} because")
+        assert len(ann.alt_text) <= 125
+        assert ann.provenance.family == family_for(annotator.model.config.model_type).name
+        assert ann.provenance.prompt_hash and ann.provenance.ms > 0
+    # Greedy decoding is deterministic.
+    again = annotator.annotate(art_images[:2])
+    assert [x.description for x in again] == [a.description, b.description]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_emotion_scoring_equals_brute_force(tiny_models, art_images, family):
+    loaded = _load(tiny_models[family])
+    annotator = Annotator(loaded, SHORT)
+    images = art_images[:3]
+    fast = annotator.emotion_logliks(images)
+    parts = inputs.field_parts(loaded.processor, "emotion")
+    context = parts.prefix + parts.suffix
+    for i, image in enumerate(images):
+        for k, emotion in enumerate(EMOTIONS):
+            text = context + " " + emotion
+            nested = [[image]] if loaded.family.name == "idefics3" else [image]
+            enc = loaded.processor(text=[text], images=nested, return_tensors="pt")
+            ids = enc["input_ids"][0]
+            n = len(annotator.label_ids[k])
+            assert ids[-n:].tolist() == annotator.label_ids[k]
+            with torch.no_grad():
+                logp = torch.log_softmax(loaded.model(**enc).logits[0].float(), dim=-1)
+            want = sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]] for j in range(n))
+            assert abs(float(fast[i, k]) - float(want)) < 1e-4, (emotion, fast[i, k], want)
+
+
+def test_missing_model_offline_is_one_clear_error_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(ModelSettings(name="museum-nobody/not-a-model", device="cpu"))
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert "museum-nobody/not-a-model" in message and "hf download" in message
+    assert "\n" not in message
+
+
+def test_alt_text_is_cut_at_a_word_and_flagged():
+    text = "A " + "very " * 40 + "long sentence."
+    alt, cut = clean_alt_text(text + "\nsecond line")
+    assert cut and len(alt) <= 125 and alt.endswith("…") and " very…" in alt
+    assert clean_alt_text("Short one.\nMore") == ("Short one.", False)
