@@ -56,7 +56,7 @@ def resolve_dtype(dtype: str, device: str):
 
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load processor and model; raise ModelNotFoundError with the fix when weights are missing."""
-    _quiet_transformers()
+    quiet_transformers()
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -191,7 +191,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Progress bars and advice from transformers would drown artnote's own output."""
     from transformers.utils import logging as hf_logging
 

@@ -59,6 +59,9 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from artnote.model.load import quiet_transformers
+
+    quiet_transformers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
