@@ -1,0 +1,432 @@
+"""The `Catalog`: every read and write the pipeline and the CLI make.
+
+How a scan uses it (artnote.pipeline drives this; nothing here calls the model):
+
+1. `cid = ensure_collection(root)`; `run = start_run(settings, model, adapter)`
+   (which first marks runs left 'running' by dead processes as 'interrupted').
+2. `known = known_files(cid)`; discovery walks the folder and
+   `artnote.discover.plan_scan(entries, known)` splits it into unchanged files
+   (same relpath, size, mtime_ns: never opened) and new or changed ones.
+3. `touch_seen(run, unchanged_ids)`; hash the others, `record_files(cid, run, states)`;
+   then `mark_missing(cid, run)` for every file not seen by this run.
+4. `pending_images(cid)` gives one file per content that has no annotation yet
+   (duplicates are annotated once); decode, annotate, then `set_image_meta`,
+   `add_annotations(run, ...)` or `record_failures(...)` batch by batch.
+5. `finish_run(run, outcome, counts, problems)`.
+
+Annotations belong to contents (sha256): every image with that hash is
+'annotated' as soon as one of its files is, including files found later.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
+
+from artnote.catalog import queries
+from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
+from artnote.catalog.models import RUN_OUTCOMES, utcnow
+from artnote.catalog.queries import annotations, chunks, collections, images, runs
+from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
+from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
+from artnote.records import Annotation
+
+
+class Catalog:
+    """Queries over one catalog database. Thread-safe: each call uses its own connection."""
+
+    def __init__(self, engine: Engine, where: str) -> None:
+        self._engine = engine
+        self._write_engine = engine.execution_options(**WRITE_OPTIONS)
+        self.where = where  # the path or URL, for messages
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        """Close every pooled connection; the Catalog must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with translate_errors(self.where), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; on SQLite it holds the write lock from its first statement."""
+        with translate_errors(self.where), self._write_engine.begin() as conn:
+            yield conn
+
+    # --- collections and runs -------------------------------------------------
+
+    def ensure_collection(self, root: Path | str) -> int:
+        """The id of the collection rooted at `root` (resolved to an absolute path), made if new."""
+        key = str(Path(root).expanduser().resolve())
+        with self._write() as conn:
+            found = conn.scalar(select(collections.c.id).where(collections.c.root == key))
+            if found is not None:
+                return int(found)
+            new = conn.execute(insert(collections).values(root=key, created_at=utcnow()))
+            return int(new.inserted_primary_key[0])
+
+    def start_run(self, settings: Mapping[str, Any], model: str, adapter: str | None) -> int:
+        """Record a run of this process as 'running' and return its id."""
+        self.interrupt_stale_runs()
+        with self._write() as conn:
+            new = conn.execute(
+                insert(runs).values(
+                    started_at=utcnow(),
+                    outcome="running",
+                    settings=dict(settings),
+                    model=model,
+                    adapter=adapter,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
+            return int(new.inserted_primary_key[0])
+
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: str,
+        counts: Mapping[str, Any],
+        problems: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Close a run. `problems` are (path, reason) for what discovery could not read."""
+        if outcome not in RUN_OUTCOMES or outcome == "running":
+            raise ValueError(f"a run cannot finish as {outcome!r}")
+        with self._write() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    outcome=outcome,
+                    finished_at=utcnow(),
+                    counts=dict(counts),
+                    problems=[list(p) for p in problems] or None,
+                )
+            )
+
+    def interrupt_stale_runs(self) -> int:
+        """Mark 'running' runs of dead processes on this host as 'interrupted'; return how many.
+
+        Runs of other hosts are left alone: their processes cannot be checked from here.
+        """
+        host = socket.gethostname()
+        with self._write() as conn:
+            rows = conn.execute(
+                select(runs.c.id, runs.c.pid).where(
+                    runs.c.outcome == "running", runs.c.host == host
+                )
+            ).all()
+            dead = [run_id for run_id, pid in rows if not _pid_alive(pid)]
+            for chunk in chunks(dead):
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id.in_(chunk))
+                    .values(outcome="interrupted", finished_at=utcnow())
+                )
+            return len(dead)
+
+    # --- files ----------------------------------------------------------------
+
+    def known_files(self, collection_id: int) -> dict[str, KnownFile]:
+        """relpath -> what the catalog knows of every file ever seen in the collection."""
+        stmt = select(
+            images.c.relpath,
+            images.c.id,
+            images.c.size,
+            images.c.mtime_ns,
+            images.c.sha256,
+            images.c.status,
+        ).where(images.c.collection_id == collection_id)
+        with self._read() as conn:
+            return {
+                relpath: KnownFile(image_id, size, mtime_ns, sha256, status)
+                for relpath, image_id, size, mtime_ns, sha256, status in conn.execute(stmt)
+            }
+
+    def record_files(
+        self, collection_id: int, run_id: int, files: Sequence[FileState]
+    ) -> dict[str, int]:
+        """Insert new files and update changed ones in one transaction; relpath -> image id.
+
+        A file gets status 'failed' (with its error), else 'annotated' when its
+        content already has an annotation, else 'pending'; a changed content
+        forgets the old width, height, format and mode.
+        """
+        if not files:
+            return {}
+        now = utcnow()
+        with self._write() as conn:
+            existing: dict[str, tuple[int, str | None]] = {}
+            for chunk in chunks([f.relpath for f in files]):
+                stmt = select(images.c.relpath, images.c.id, images.c.sha256).where(
+                    images.c.collection_id == collection_id, images.c.relpath.in_(chunk)
+                )
+                existing.update((r, (i, s)) for r, i, s in conn.execute(stmt))
+            done = queries.annotated_contents(conn, {f.sha256 for f in files if f.sha256})
+
+            def state(f: FileState) -> dict[str, Any]:
+                status = "failed" if f.error else "annotated" if f.sha256 in done else "pending"
+                return {
+                    "size": f.size,
+                    "mtime_ns": f.mtime_ns,
+                    "sha256": f.sha256,
+                    "status": status,
+                    "error": f.error,
+                    "last_seen_run": run_id,
+                    "last_seen_at": now,
+                }
+
+            same, changed, new = [], [], []
+            for f in files:
+                if f.relpath not in existing:
+                    new.append(state(f) | _first_seen(collection_id, f.relpath, run_id, now))
+                    continue
+                image_id, old_sha = existing[f.relpath]
+                row = state(f) | {"b_id": image_id}
+                (same if f.sha256 is not None and f.sha256 == old_sha else changed).append(row)
+            columns = {k: bindparam(k) for k in state(files[0])}
+            by_id = images.c.id == bindparam("b_id")
+            if same:
+                conn.execute(update(images).where(by_id).values(columns), same)
+            if changed:
+                forget = {"width": None, "height": None, "format": None, "mode": None}
+                conn.execute(update(images).where(by_id).values(columns | forget), changed)
+            ids = {relpath: image_id for relpath, (image_id, _) in existing.items()}
+            if new:
+                stmt = insert(images).returning(images.c.relpath, images.c.id)
+                ids.update((r, i) for r, i in conn.execute(stmt, new))
+            return ids
+
+    def touch_seen(self, run_id: int, image_ids: Sequence[int]) -> None:
+        """Note that unchanged files were seen by this run; files that were missing come back."""
+        now = utcnow()
+        has_annotation = (
+            select(annotations.c.id).where(annotations.c.sha256 == images.c.sha256).exists()
+        )
+        with self._write() as conn:
+            for chunk in chunks(image_ids):
+                in_chunk = images.c.id.in_(chunk)
+                conn.execute(
+                    update(images).where(in_chunk).values(last_seen_run=run_id, last_seen_at=now)
+                )
+                conn.execute(
+                    update(images)
+                    .where(in_chunk, images.c.status == "missing")
+                    .values(status=queries.status_from_facts(has_annotation))
+                )
+
+    def mark_missing(self, collection_id: int, run_id: int, keep_under: Iterable[str] = ()) -> int:
+        """Mark files of the collection not seen by `run_id` as missing; return how many.
+
+        `keep_under` lists relpaths of folders discovery could not read: what is
+        below them may still exist, so it is left as it was.
+        """
+        prefixes = tuple(p.rstrip("/") + "/" for p in keep_under)
+        with self._write() as conn:
+            rows = conn.execute(
+                select(images.c.id, images.c.relpath).where(
+                    images.c.collection_id == collection_id,
+                    images.c.status != "missing",
+                    or_(images.c.last_seen_run.is_(None), images.c.last_seen_run != run_id),
+                )
+            ).all()
+            gone = [i for i, relpath in rows if not (prefixes and relpath.startswith(prefixes))]
+            for chunk in chunks(gone):
+                conn.execute(update(images).where(images.c.id.in_(chunk)).values(status="missing"))
+            return len(gone)
+
+    def record_failures(self, items: Sequence[tuple[int, str]]) -> None:
+        """image id -> one-line reason; those images become 'failed'."""
+        if not items:
+            return
+        stmt = (
+            update(images)
+            .where(images.c.id == bindparam("b_id"))
+            .values(status="failed", error=bindparam("b_error"))
+        )
+        with self._write() as conn:
+            conn.execute(stmt, [{"b_id": i, "b_error": reason} for i, reason in items])
+
+    def set_image_meta(self, items: Sequence[tuple[int, ImageMeta]]) -> None:
+        """Store what decoding learned (size after EXIF orientation, format, mode)."""
+        if not items:
+            return
+        with self._write() as conn:
+            _set_meta(conn, items, images.c.id)
+
+    # --- annotations ----------------------------------------------------------
+
+    def annotated_contents(self, sha256s: Iterable[str]) -> set[str]:
+        """Which of these contents already have at least one annotation."""
+        with self._read() as conn:
+            return queries.annotated_contents(conn, set(sha256s))
+
+    def add_annotations(
+        self,
+        run_id: int | None,
+        items: Sequence[tuple[int, Annotation]],
+        meta: Mapping[int, ImageMeta] | None = None,
+    ) -> list[int]:
+        """Store annotations of the files with these ids; return the new annotation ids.
+
+        Each annotation belongs to its file's content: every image with that
+        sha256 becomes 'annotated', and learns `meta` (size, format, mode) when given.
+        """
+        if not items:
+            return []
+        now = utcnow()
+        with self._write() as conn:
+            sha_of: dict[int, str | None] = {}
+            for chunk in chunks([image_id for image_id, _ in items]):
+                stmt = select(images.c.id, images.c.sha256).where(images.c.id.in_(chunk))
+                sha_of.update((i, s) for i, s in conn.execute(stmt))
+            rows = []
+            for image_id, annotation in items:
+                sha = sha_of.get(image_id)
+                if sha is None:
+                    raise ValueError(f"image {image_id} is not in the catalog or was never hashed")
+                rows.append(_annotation_row(annotation, sha, image_id, run_id, now))
+            stmt = insert(annotations).returning(annotations.c.id, sort_by_parameter_order=True)
+            new_ids = [int(i) for (i,) in conn.execute(stmt, rows)]
+            for chunk in chunks(sorted({r["sha256"] for r in rows})):
+                conn.execute(
+                    update(images)
+                    .where(images.c.sha256.in_(chunk), images.c.status != "missing")
+                    .values(status="annotated", error=None)
+                )
+            if meta:
+                # Every file with the same content has the same pixels.
+                by_content = [(sha_of[i], m) for i, m in meta.items() if sha_of.get(i)]
+                _set_meta(conn, by_content, images.c.sha256)
+            return new_ids
+
+    def pending_images(
+        self, collection_id: int, *, force: bool = False, limit: int | None = None
+    ) -> list[PendingImage]:
+        """One present file per content that still needs the model, in path order.
+
+        Contents with an annotation and files that failed are left out unless
+        `force` (annotate everything again; the new annotation becomes current).
+        """
+        with self._read() as conn:
+            return queries.pending_images(conn, collection_id, force=force, limit=limit)
+
+    # --- reports --------------------------------------------------------------
+
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """One dict per present image with a current annotation, streamed in path order.
+
+        Keys: the CSV columns of artnote.export plus image_id, annotation_id,
+        run_id, relpath, adapter_name, alt_text_truncated and provenance (dict).
+        """
+        with self._read() as conn:
+            yield from queries.export_rows(conn)
+
+    def status_counts(self) -> dict[str, int]:
+        """Counts: images (present), annotated, failed, pending, missing, corrected,
+        approved, adapters, runs."""
+        with self._read() as conn:
+            return queries.status_counts(conn)
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(path, reason) of failed images, then what the latest finished run could not read."""
+        with self._read() as conn:
+            return queries.failures(conn)
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Current annotations matching every word of `query`, best first (BM25 on SQLite).
+
+        Each hit: image_id, path, sha256, annotation_id, alt_text, snippet, rank.
+        """
+        with self._read() as conn:
+            return queries.search(conn, query, limit, fts=self.is_sqlite)
+
+    def find_image(self, ref: str) -> ImageInfo:
+        """An image by exported path, numeric id, or unique sha256 prefix (NotFoundError)."""
+        with self._read() as conn:
+            return queries.find_image(conn, ref)
+
+
+def _first_seen(collection_id: int, relpath: str, run_id: int, now: Any) -> dict[str, Any]:
+    return {
+        "collection_id": collection_id,
+        "relpath": relpath,
+        "first_seen_run": run_id,
+        "first_seen_at": now,
+    }
+
+
+def _set_meta(conn: Connection, items: Sequence[tuple[Any, ImageMeta]], key: Any) -> None:
+    """Update width, height, format, mode of the rows whose `key` column equals each item's key."""
+    if not items:
+        return
+    values = {k: bindparam(f"b_{k}") for k in ("width", "height", "format", "mode")}
+    params = [{"b_key": k} | {f"b_{f}": v for f, v in asdict(m).items()} for k, m in items]
+    conn.execute(update(images).where(key == bindparam("b_key")).values(values), params)
+
+
+def _annotation_row(
+    annotation: Annotation, sha256: str, image_id: int, run_id: int | None, now: Any
+) -> dict[str, Any]:
+    prov = annotation.provenance
+    emotions = {label.replace(" ", "_"): p for label, p in annotation.emotions.items()}
+    missing = [c for c in EMOTION_COLUMNS if c not in emotions]
+    if missing:
+        raise ValueError(f"annotation lacks emotions {missing}; expected all of {EMOTIONS}")
+    return {
+        "sha256": sha256,
+        "image_id": image_id,
+        "run_id": run_id,
+        "alt_text": annotation.alt_text,
+        "alt_text_truncated": annotation.alt_text_truncated,
+        "description": annotation.description,
+        **{c: float(emotions[c]) for c in EMOTION_COLUMNS},
+        "dominant_emotion": annotation.dominant_emotion,
+        "explanation": annotation.explanation,
+        "provenance": asdict(prov),
+        "model": prov.model,
+        "model_revision": prov.revision,
+        "adapter": prov.adapter,
+        "adapter_name": prov.adapter_name,
+        "prompt_version": prov.prompt_version,
+        "prompt_hash": prov.prompt_hash,
+        "ms": float(prov.ms),
+        "created_at": now,
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there: never probe, assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,112 @@
+"""Bring any catalog to the newest schema, or refuse it without touching it.
+
+Refused: a catalog at a revision this code does not know (written by a newer
+artnote; upgrading or downgrading it could lose data) and a database that holds
+tables but no Alembic version (not an artnote catalog).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Collection
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect
+
+from artnote import __version__
+from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
+from artnote.errors import CatalogError
+
+
+def migrations_dir() -> Path:
+    """The folder of the `migrations` package, installed next to artnote."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise CatalogError("artnote is incomplete: its 'migrations' package is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / "env.py").is_file() or not (folder / "versions").is_dir():
+        raise CatalogError(f"'migrations' at {folder} is not artnote's (no env.py or versions/)")
+    return folder
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic Config for our migrations (no alembic.ini), optionally bound to a connection."""
+    config = Config()
+    # ConfigParser interpolates '%', which may appear in an install path.
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revisions() -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def upgrade_to_head(engine: Engine, where: str) -> None:
+    """Upgrade the catalog behind `engine` to head, under the write lock when it is SQLite."""
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    known = {rev.revision for rev in script.walk_revisions()}
+    with translate_errors(where):
+        with engine.connect() as conn:
+            current = _current_revisions(conn)
+            _refuse_foreign(conn, current, known, where)
+        if current == heads:
+            return  # the common case: one read, no lock
+        with engine.connect() as conn:
+            _upgrade_locked(conn.execution_options(**WRITE_OPTIONS), heads, known, where)
+
+
+def _upgrade_locked(conn: Connection, heads: set[str], known: set[str], where: str) -> None:
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        # Batch migrations copy and drop tables; with foreign keys enforced, dropping a
+        # referenced table fails or cascades. The pragma only works outside a
+        # transaction, hence straight on the driver connection before BEGIN.
+        conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+    try:
+        with conn.begin():
+            # Re-read under the lock: another process may have migrated meanwhile.
+            current = _current_revisions(conn)
+            _refuse_foreign(conn, current, known, where)
+            if current == heads:
+                return
+            command.upgrade(alembic_config(conn), "head")
+            if sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise CatalogError(
+                        f"catalog {where}: migration left {len(broken)} broken references "
+                        f"(first in table {broken[0][0]}); nothing was changed"
+                    )
+    finally:
+        if sqlite and not conn.closed and not conn.invalidated:
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+
+
+def _current_revisions(conn: Connection) -> set[str]:
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def _refuse_foreign(
+    conn: Connection, current: set[str], known: Collection[str], where: str
+) -> None:
+    unknown = sorted(current - set(known))
+    if unknown:
+        raise CatalogError(
+            f"catalog {where} has schema revision {', '.join(unknown)}, unknown to artnote "
+            f"{__version__} (made by a newer artnote?); upgrade artnote to open it. "
+            "The catalog was not changed."
+        )
+    if not current:
+        tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+        if tables:
+            raise CatalogError(
+                f"{where} is a database with tables ({', '.join(sorted(tables)[:5])}) "
+                "but not an artnote catalog; give a new file or an empty database"
+            )

@@ -1,0 +1,174 @@
+"""Declarative models of the catalog.
+
+The schema changes only through Alembic revisions in the top-level `migrations`
+package; `alembic check` (and tests/test_catalog.py) compares these models with
+a database upgraded to head, so the two cannot drift apart unnoticed.
+
+Annotations belong to image *content* (sha256), not to a path: byte-identical
+duplicates share one annotation and a moved or renamed file keeps its own. The
+current annotation of a content is the newest row (max id) with its sha256.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names: batch migrations on SQLite recreate tables and
+# can only drop or alter a constraint they can name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+IMAGE_STATUSES = ("pending", "annotated", "failed", "missing")
+RUN_OUTCOMES = ("running", "completed", "interrupted", "failed")
+
+# Tables that exist only on SQLite (FTS5 virtual table and its shadow tables);
+# they are created by migrations and never by the models.
+FTS_TABLE = "annotations_fts"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite stores no offset, so values come back naive; this type stores UTC
+    and hands back aware datetimes, so callers never compare naive with aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog; use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root: Mapped[str] = mapped_column(Text, unique=True)  # absolute path of the scanned folder
+    created_at: Mapped[datetime]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(f"outcome IN {RUN_OUTCOMES!r}", name="outcome"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16))
+    settings: Mapped[dict[str, Any]]
+    model: Mapped[str] = mapped_column(Text)
+    adapter: Mapped[str | None] = mapped_column(Text)
+    counts: Mapped[dict[str, Any] | None]
+    # Files and folders discovery could not read (path, reason): they have no image row.
+    problems: Mapped[list[Any] | None]
+    # Who runs it: a 'running' run whose process is gone was interrupted.
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "relpath"),
+        CheckConstraint(f"status IN {IMAGE_STATUSES!r}", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id"))
+    relpath: Mapped[str] = mapped_column(Text)  # posix style, relative to the collection root
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # None until hashed
+    width: Mapped[int | None] = mapped_column(Integer)  # after EXIF orientation
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    mode: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    first_seen_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    last_seen_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class Annotation(Base):
+    __tablename__ = "annotations"
+    # (sha256, id) answers "current annotation of this content" from the index alone.
+    __table_args__ = (Index(None, "sha256", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))  # the file fed in
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    alt_text: Mapped[str] = mapped_column(Text)
+    alt_text_truncated: Mapped[bool] = mapped_column(Boolean)
+    description: Mapped[str] = mapped_column(Text)
+    amusement: Mapped[float] = mapped_column(Float)
+    awe: Mapped[float] = mapped_column(Float)
+    contentment: Mapped[float] = mapped_column(Float)
+    excitement: Mapped[float] = mapped_column(Float)
+    anger: Mapped[float] = mapped_column(Float)
+    disgust: Mapped[float] = mapped_column(Float)
+    fear: Mapped[float] = mapped_column(Float)
+    sadness: Mapped[float] = mapped_column(Float)
+    something_else: Mapped[float] = mapped_column(Float)
+    dominant_emotion: Mapped[str] = mapped_column(String(32))
+    explanation: Mapped[str] = mapped_column(Text)
+    provenance: Mapped[dict[str, Any]]
+    model: Mapped[str] = mapped_column(Text)
+    model_revision: Mapped[str | None] = mapped_column(Text)
+    adapter: Mapped[str | None] = mapped_column(String(64))  # adapter content hash
+    adapter_name: Mapped[str | None] = mapped_column(Text)
+    prompt_version: Mapped[str] = mapped_column(String(32))
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+
+def is_fts_table(name: str) -> bool:
+    """True for the FTS5 index and its shadow tables (SQLite only, made by migrations)."""
+    return name == FTS_TABLE or name.startswith(FTS_TABLE + "_")

@@ -1,0 +1,358 @@
+"""Read queries of the catalog, as functions of an open connection.
+
+User input only ever reaches SQL as bound parameters; full-text queries are
+also re-quoted for FTS5 so that its query syntax cannot be injected either.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Exists,
+    Table,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
+
+from artnote.catalog.models import Annotation, Collection, Image, Run
+from artnote.catalog.rows import ImageInfo, PendingImage
+from artnote.emotions import EMOTION_COLUMNS
+from artnote.errors import NotFoundError
+
+T = TypeVar("T")
+
+collections = cast(Table, Collection.__table__)
+images = cast(Table, Image.__table__)
+runs = cast(Table, Run.__table__)
+annotations = cast(Table, Annotation.__table__)
+
+# Bound parameters per IN list: SQLite's default limit is 32766, older builds 999.
+CHUNK = 500
+EXPORT_BATCH = 2000
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def image_path(root: str, relpath: str) -> str:
+    """The absolute path of an image, as exports and messages show it."""
+    return root.rstrip("/" + os.sep) + os.sep + relpath.replace("/", os.sep)
+
+
+def annotated_contents(conn: Connection, sha256s: set[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in chunks(sorted(sha256s)):
+        stmt = select(annotations.c.sha256).where(annotations.c.sha256.in_(chunk)).distinct()
+        found.update(conn.scalars(stmt))
+    return found
+
+
+def status_from_facts(has_annotation: Exists) -> ColumnElement[str]:
+    """The status a present file should have, from what the catalog knows of it."""
+    return case(
+        (has_annotation, literal("annotated")),
+        (images.c.error.is_not(None), literal("failed")),
+        else_=literal("pending"),
+    )
+
+
+def pending_images(
+    conn: Connection, collection_id: int, *, force: bool, limit: int | None
+) -> list[PendingImage]:
+    wanted = ("pending", "annotated", "failed") if force else ("pending",)
+    conditions = [
+        images.c.collection_id == collection_id,
+        images.c.status.in_(wanted),
+        images.c.sha256.is_not(None),
+    ]
+    if not force:
+        has = select(annotations.c.id).where(annotations.c.sha256 == images.c.sha256).exists()
+        conditions.append(~has)
+    # The lowest id stands for its content: duplicates are fed to the model once.
+    firsts = select(func.min(images.c.id)).where(*conditions).group_by(images.c.sha256)
+    stmt = (
+        select(images.c.id, collections.c.root, images.c.relpath, images.c.sha256)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .where(images.c.id.in_(firsts))
+        .order_by(images.c.relpath)
+        .limit(limit)
+    )
+    return [
+        PendingImage(image_id, image_path(root, relpath), relpath, sha256)
+        for image_id, root, relpath, sha256 in conn.execute(stmt)
+    ]
+
+
+def export_rows(conn: Connection) -> Iterator[dict[str, Any]]:
+    a = annotations
+    # Newest annotation of the content; the (sha256, id) index answers it per row.
+    current = (
+        select(func.max(a.c.id))
+        .where(a.c.sha256 == images.c.sha256)
+        .correlate(images)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            images.c.id.label("image_id"),
+            collections.c.root,
+            images.c.relpath,
+            images.c.sha256,
+            images.c.width,
+            images.c.height,
+            a.c.id.label("annotation_id"),
+            a.c.run_id,
+            a.c.alt_text,
+            a.c.alt_text_truncated,
+            a.c.description,
+            a.c.dominant_emotion,
+            *(a.c[name] for name in EMOTION_COLUMNS),
+            a.c.explanation,
+            a.c.model,
+            a.c.model_revision,
+            a.c.adapter,
+            a.c.adapter_name,
+            a.c.prompt_version,
+            a.c.provenance,
+            a.c.created_at,
+        )
+        .select_from(images)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .join(a, a.c.id == current)
+        .where(images.c.status != "missing")
+        # The (collection_id, relpath) unique index gives this order without a sort.
+        .order_by(images.c.collection_id, images.c.relpath)
+    )
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
+    for row in result.mappings():
+        out = dict(row)
+        root = out.pop("root")
+        created = out.pop("created_at")
+        out["path"] = image_path(root, out["relpath"])
+        out["status"] = "draft"  # 'corrected' / 'approved' once corrections exist
+        out["annotated_at"] = created.isoformat(timespec="seconds") if created else None
+        yield out
+
+
+def status_counts(conn: Connection) -> dict[str, int]:
+    by_status: dict[str, int] = {
+        status: int(n)
+        for status, n in conn.execute(
+            select(images.c.status, func.count()).group_by(images.c.status)
+        )
+    }
+    n_runs = conn.scalar(select(func.count()).select_from(runs)) or 0
+    return {
+        "images": sum(n for status, n in by_status.items() if status != "missing"),
+        "annotated": by_status.get("annotated", 0),
+        "failed": by_status.get("failed", 0),
+        "pending": by_status.get("pending", 0),
+        "missing": by_status.get("missing", 0),
+        "corrected": 0,
+        "approved": 0,
+        "adapters": 0,
+        "runs": int(n_runs),
+    }
+
+
+def failures(conn: Connection) -> list[tuple[str, str]]:
+    stmt = (
+        select(collections.c.root, images.c.relpath, images.c.error)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .where(images.c.status == "failed")
+        .order_by(collections.c.root, images.c.relpath)
+    )
+    out = [
+        (image_path(root, rel), error or "unknown error") for root, rel, error in conn.execute(stmt)
+    ]
+    latest = conn.scalar(
+        select(runs.c.problems)
+        .where(runs.c.outcome != "running")
+        .order_by(runs.c.id.desc())
+        .limit(1)
+    )
+    out.extend((str(path), str(reason)) for path, reason in latest or ())
+    return out
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def fts5_query(query: str) -> str:
+    """Each word of `query` as a quoted FTS5 string (all must match); 'word*' keeps a prefix.
+
+    Quoting makes FTS5 operators, column filters and stray quotes plain text.
+    """
+    terms = []
+    for word in _CONTROL.sub(" ", query).split():
+        prefix = word.endswith("*") and len(word) > 1
+        word = word.rstrip("*") if prefix else word
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+_SEARCH_FTS = text(
+    """
+    SELECT i.id AS image_id, c.root, i.relpath, a.sha256, a.id AS annotation_id, a.alt_text,
+           snippet(annotations_fts, -1, '[', ']', '...', 12) AS snippet,
+           bm25(annotations_fts) AS rank
+    FROM annotations_fts
+    JOIN annotations AS a ON a.id = annotations_fts.rowid
+    JOIN images AS i ON i.id = (
+        SELECT min(i2.id) FROM images AS i2
+        WHERE i2.sha256 = a.sha256 AND i2.status != 'missing')
+    JOIN collections AS c ON c.id = i.collection_id
+    WHERE annotations_fts MATCH :query
+      AND a.id = (SELECT max(a2.id) FROM annotations AS a2 WHERE a2.sha256 = a.sha256)
+    ORDER BY rank
+    LIMIT :limit
+    """
+)
+
+
+def search(conn: Connection, query: str, limit: int, *, fts: bool) -> list[dict[str, Any]]:
+    if limit <= 0:
+        return []
+    if fts:
+        match = fts5_query(query)
+        if not match:
+            return []
+        rows = conn.execute(_SEARCH_FTS, {"query": match, "limit": limit}).mappings()
+    else:
+        rows = _search_like(conn, query, limit)
+    hits = []
+    for row in rows:
+        hit = dict(row)
+        hit["path"] = image_path(hit.pop("root"), hit.pop("relpath"))
+        hits.append(hit)
+    return hits
+
+
+def _search_like(conn: Connection, query: str, limit: int) -> Any:
+    """Databases without FTS5: every word must appear in one of the texts (newest first)."""
+    words = _CONTROL.sub(" ", query).split()
+    if not words:
+        return []
+    a = annotations
+    fields = (a.c.alt_text, a.c.description, a.c.explanation)
+    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
+    matches = and_(*(or_(*(f.ilike(f"%{w}%", escape="\\") for f in fields)) for w in escaped))
+    a2 = annotations.alias("a2")
+    newest = select(func.max(a2.c.id)).where(a2.c.sha256 == a.c.sha256)
+    i2 = images.alias("i2")
+    first_image = (
+        select(func.min(i2.c.id))
+        .where(i2.c.sha256 == a.c.sha256, i2.c.status != "missing")
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            images.c.id.label("image_id"),
+            collections.c.root,
+            images.c.relpath,
+            a.c.sha256,
+            a.c.id.label("annotation_id"),
+            a.c.alt_text,
+            a.c.alt_text.label("snippet"),
+            literal(0.0).label("rank"),
+        )
+        .select_from(a)
+        .join(images, images.c.id == first_image)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .where(matches, a.c.id == newest.scalar_subquery())
+        .order_by(a.c.id.desc())
+        .limit(limit)
+    )
+    return conn.execute(stmt).mappings()
+
+
+_HEX = re.compile(r"[0-9a-fA-F]{4,64}")
+
+
+def find_image(conn: Connection, ref: str) -> ImageInfo:
+    ref = ref.strip()
+    if not ref:
+        raise NotFoundError("no image given")
+    if ref.isdigit():
+        found = _images(conn, images.c.id == int(ref))
+        if found:
+            return found[0]
+    if _HEX.fullmatch(ref):
+        prefix = ref.lower()
+        # A range, not LIKE: it uses the sha256 index and needs no escaping.
+        found = _images(conn, images.c.sha256 >= prefix, images.c.sha256 < prefix + "g", limit=1000)
+        contents = {image.sha256 for image in found}
+        if len(contents) == 1:
+            return min(found, key=lambda image: (image.status == "missing", image.id))
+        if len(contents) > 1:
+            raise NotFoundError(
+                f"sha256 prefix {ref} is ambiguous: it matches {len(contents)} different images; "
+                "give more characters"
+            )
+    image = _find_by_path(conn, ref)
+    if image is not None:
+        return image
+    raise NotFoundError(f"no image {ref!r} in the catalog (give a path, an id or a sha256 prefix)")
+
+
+def _find_by_path(conn: Connection, ref: str) -> ImageInfo | None:
+    candidates = {os.path.abspath(os.path.expanduser(ref))}
+    try:
+        candidates.add(str(Path(ref).expanduser().resolve()))
+    except OSError:
+        pass
+    for root, collection_id in conn.execute(select(collections.c.root, collections.c.id)):
+        base = root.rstrip("/" + os.sep) + os.sep
+        for path in candidates:
+            if path.startswith(base):
+                relpath = path[len(base) :].replace(os.sep, "/")
+                found = _images(
+                    conn, images.c.collection_id == collection_id, images.c.relpath == relpath
+                )
+                if found:
+                    return found[0]
+    return None
+
+
+def _images(conn: Connection, *where: Any, limit: int | None = None) -> list[ImageInfo]:
+    stmt = (
+        select(collections.c.root, images)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .where(*where)
+        .order_by(images.c.id)
+        .limit(limit)
+    )
+    out = []
+    for row in conn.execute(stmt).mappings():
+        out.append(
+            ImageInfo(
+                id=row["id"],
+                collection_id=row["collection_id"],
+                path=image_path(row["root"], row["relpath"]),
+                relpath=row["relpath"],
+                size=row["size"],
+                mtime_ns=row["mtime_ns"],
+                sha256=row["sha256"],
+                width=row["width"],
+                height=row["height"],
+                format=row["format"],
+                mode=row["mode"],
+                status=row["status"],
+                error=row["error"],
+            )
+        )
+    return out
