@@ -1,0 +1,110 @@
+"""Checkpoint folders: step-N/ and final/, each complete and loadable on its own.
+
+    adapter.safetensors, adapter_config.json   the adapter (artnote.model.adapters)
+    hyperparameters.toml                       what made it
+    metrics.json                               validation metrics so far
+    optimizer.safetensors, trainer_state.json  what --resume needs (no pickle)
+
+A folder is written under a temporary name and renamed when complete, so a
+crash mid-write never leaves a checkpoint that --resume would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from artnote.errors import AdapterError
+from artnote.model.adapters import save_adapter
+from artnote.model.load import LoadedModel
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def write_toml(values: dict[str, Any]) -> str:
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value!r}")
+        else:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def save_checkpoint(
+    folder: Path,
+    loaded: LoadedModel,
+    optimizer: torch.optim.Optimizer,
+    hyperparameters: Any,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(loaded.model, tmp, family=loaded.family, base_model=loaded.name,
+                 base_revision=loaded.revision, extra=extra)
+    hp = asdict(hyperparameters) if is_dataclass(hyperparameters) else dict(hyperparameters)
+    (tmp / "hyperparameters.toml").write_text(write_toml(hp), encoding="utf-8")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    save_file(_optimizer_tensors(loaded, optimizer), str(tmp / "optimizer.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def _optimizer_tensors(loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in loaded.model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(float(value))
+                out[f"{names[id(p)]}::{key}"] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def load_optimizer_state(folder: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    params = dict(loaded.model.named_parameters())
+    for key, tensor in tensors.items():
+        name, _, slot = key.partition("::")
+        if name not in params:
+            raise AdapterError(f"checkpoint {folder} holds optimizer state for unknown {name}")
+        p = params[name]
+        target = tensor.to(p.device) if tensor.dim() else tensor
+        optimizer.state[p][slot] = target
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The step-N folder with the highest N that is complete."""
+    best: tuple[int, Path] | None = None
+    if not out_dir.is_dir():
+        return None
+    for child in out_dir.iterdir():
+        m = STEP_DIR.match(child.name)
+        if m and (child / "trainer_state.json").is_file():
+            step = int(m.group(1))
+            if best is None or step > best[0]:
+                best = (step, child)
+    return best[1] if best else None
