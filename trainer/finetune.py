@@ -125,7 +125,7 @@ def finetune(
                 with autocast:
                     loss, _ = objective.loss(batch, [image(s) for s in batch])
                 (loss * len(group) / seen).backward()
-                step_loss += float(loss) * len(group) / seen
+                step_loss += float(loss.detach()) * len(group) / seen
             torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
             for g in optimizer.param_groups:
                 g["lr"] = _lr(step, total_steps, hp)
