@@ -71,6 +71,147 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _open_catalog(settings):
+    from artnote.catalog import open_catalog
+
+    return open_catalog(settings.catalog.url)
+
+
+@app.command()
+def scan(
+    folder: Annotated[Path, typer.Argument(help="Folder of images to annotate (searched recursively).")],
+    catalog: CatalogOpt = None,
+    model: ModelOpt = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="Adapter folder to apply [default: [model] adapter, or none].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Annotate at most N new images.")] = None,
+    force: Annotated[bool, typer.Option(help="Annotate every image again.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Annotate every new or changed image under FOLDER (incremental and resumable)."""
+    from artnote.pipeline import AnnotatorFactory
+    from artnote.pipeline import scan as run_scan
+
+    settings = _settings(
+        config,
+        catalog={"url": catalog},
+        model={"name": model, "device": device, "adapter": adapter},
+        scan={"batch_size": batch_size},
+    )
+    if limit is not None and limit < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--limit")
+    adapter_dir = _adapter_dir(settings.model.adapter)
+    cat = _open_catalog(settings)
+
+    def make():
+        from artnote.model.annotate import load_annotator
+
+        if not quiet:
+            _err(f"loading {settings.model.name} ...")
+        return load_annotator(settings, adapter_dir)
+
+    summary = run_scan(
+        folder, settings, cat, AnnotatorFactory(make),
+        model_name=settings.model.name,
+        adapter=str(adapter_dir) if adapter_dir else None,
+        force=force, limit=limit, progress=not quiet and sys.stderr.isatty(),
+    )
+    if not quiet:
+        _err(
+            f"{summary.outcome}: {summary.annotated} annotated, {summary.unchanged} unchanged, "
+            f"{summary.duplicates} duplicates, {summary.failed} failed, {summary.missing} missing "
+            f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
+        )
+        for path, reason in summary.failures[:20]:
+            _err(f"  failed: {path}: {reason}")
+        if len(summary.failures) > 20:
+            _err(f"  ... and {len(summary.failures) - 20} more (artnote status lists them all)")
+    if summary.outcome == "interrupted":
+        _err("Interrupted: what was annotated is saved; run the same command to resume.")
+        raise typer.Exit(130)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else 0)
+
+
+def _adapter_dir(choice: str | None) -> Path | None:
+    if not choice:
+        return None
+    path = Path(choice).expanduser()
+    if not path.is_dir():
+        from artnote.errors import AdapterError
+
+        raise AdapterError(f"adapter folder not found: {choice}")
+    return path
+
+
+@app.command()
+def export(
+    fmt: Annotated[str, typer.Argument(metavar="csv|jsonl", help="csv for spreadsheets; jsonl carries everything.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE instead of stdout.")] = None,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export the current annotation of every image."""
+    from artnote import export as exporter
+
+    writers = {"csv": exporter.write_csv, "jsonl": exporter.write_jsonl}
+    if fmt not in writers:
+        raise click.BadParameter("choose csv or jsonl", param_hint="FORMAT")
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    rows = cat.export_rows()
+    if out is None:
+        count = writers[fmt](rows, sys.stdout)
+    else:
+        tmp = out.with_name(out.name + ".partial")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            count = writers[fmt](rows, fh)
+        tmp.replace(out)
+        _err(f"wrote {count} annotations to {out}")
+
+
+@app.command()
+def status(
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Counts of images, annotations, failures, corrections, adapters and runs."""
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    counts = cat.status_counts()
+    failures = cat.failures()
+    if json_out:
+        typer.echo(json.dumps({**counts, "failures": [{"path": p, "reason": r} for p, r in failures]}))
+        return
+    typer.echo(f"catalog: {cat.where}")
+    for key, value in counts.items():
+        typer.echo(f"{key:>10}: {value}")
+    for path, reason in failures:
+        typer.echo(f"failed: {path}: {reason}")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Words to find in alt text, descriptions and explanations.")],
+    limit: Annotated[int, typer.Option(help="At most N results.")] = 20,
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Full-text search over the current annotations, best match first."""
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    hits = cat.search(query, limit=limit)
+    if json_out:
+        typer.echo(json.dumps(hits, default=str))
+        return
+    for hit in hits:
+        typer.echo(f"{hit['path']}\n    {hit['alt_text']}")
+    if not hits:
+        _err("no matches")
+
+
 @models_app.command("tiny")
 def models_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],

@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-from artnote.config import GenerationSettings
+from artnote.config import GenerationSettings, Settings
 from artnote.emotions import EMOTIONS
 from artnote.model import inputs, prompts
 from artnote.model.encoder import ImageEncoder, make_encoder
@@ -79,6 +80,16 @@ class Annotator:
         self.stats: dict[str, float] = defaultdict(float)  # seconds per stage, for benchmarks
 
     # ---- public -------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int | None:
+        """The longest image edge the processor can use: decoding may shrink to this."""
+        size = getattr(getattr(self.loaded.processor, "image_processor", None), "size", None) or {}
+        if "longest_edge" in size:
+            return int(size["longest_edge"])
+        if "shortest_edge" in size:  # resized on the short side, then cropped: keep room
+            return int(size["shortest_edge"]) * 3
+        return None
 
     def annotate(self, images: list[Any]) -> list[Annotation]:
         """Annotate PIL RGB images; the result is in the same order."""
@@ -266,6 +277,22 @@ class Annotator:
             device=str(self.loaded.device),
             ms=round(ms, 2),
         )
+
+
+def load_annotator(settings: Settings, adapter_dir: Path | None = None,
+                   adapter_name: str | None = None) -> Annotator:
+    """Load the model (and adapter, if any) as settings say, ready to annotate."""
+    from artnote.model.adapters import load_adapter
+    from artnote.model.load import load_model
+
+    loaded = load_model(settings.model)
+    adapter_hash = None
+    if adapter_dir is not None:
+        config = load_adapter(loaded.model, adapter_dir, family=loaded.family, base_model=loaded.name)
+        adapter_hash = config.content_hash
+        adapter_name = adapter_name or Path(adapter_dir).name
+    return Annotator(loaded, settings.generation, encoder=settings.model.encoder,
+                     adapter_hash=adapter_hash, adapter_name=adapter_name)
 
 
 class _Sampler:

@@ -1,0 +1,255 @@
+"""scan(): folder -> discover -> hash -> decode -> annotate -> catalog, stage by stage.
+
+Incremental: files whose (path, size, mtime_ns) are unchanged are never opened;
+content already annotated (a duplicate, a moved file) is not annotated again.
+Resumable: every batch is committed on its own, so a crash or Ctrl-C loses at
+most the batch in flight, and the next scan picks up what is still pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from artnote import discover
+from artnote.catalog import Catalog
+from artnote.catalog.rows import FileState, ImageMeta, PendingImage
+from artnote.config import Settings
+from artnote.errors import ArtnoteError, ImageError
+from artnote.images import decode_image
+
+log = logging.getLogger(__name__)
+
+RECORD_CHUNK = 500  # files per discovery transaction
+
+
+@dataclass
+class ScanSummary:
+    run_id: int
+    annotated: int = 0  # images the model annotated in this run
+    unchanged: int = 0  # files skipped without being opened
+    duplicates: int = 0  # new files whose content was already (or is now) annotated
+    failed: int = 0  # files that could not be read, with a reason each
+    missing: int = 0  # files gone from disk since the last scan
+    seconds: float = 0.0
+    outcome: str = "completed"  # completed | interrupted
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.annotated / self.seconds if self.seconds > 0 else 0.0
+
+    def counts(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("failures")
+        out["images_per_s"] = round(self.images_per_s, 3)
+        return out
+
+
+class AnnotatorFactory:
+    """Loads the model only when there is something to annotate (a rescan never does)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._annotator: Any = None
+
+    def get(self) -> Any:
+        if self._annotator is None:
+            self._annotator = self._make()
+        return self._annotator
+
+
+def scan(
+    root: Path,
+    settings: Settings,
+    catalog: Catalog,
+    annotator: AnnotatorFactory,
+    *,
+    model_name: str,
+    adapter: str | None = None,
+    force: bool = False,
+    limit: int | None = None,
+    progress: bool = False,
+) -> ScanSummary:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ArtnoteError(f"not a folder: {root}")
+    root = root.resolve()
+    start = time.perf_counter()
+    collection = catalog.ensure_collection(root)
+    run_settings = {"root": str(root), "force": force, "limit": limit, **_public(settings)}
+    run_id = catalog.start_run(run_settings, model_name, adapter)
+    summary = ScanSummary(run_id=run_id)
+    try:
+        _discover(root, collection, run_id, settings, catalog, summary)
+        pending = catalog.pending_images(collection, force=force, limit=limit)
+        if pending:
+            _annotate(pending, settings, catalog, annotator, run_id, summary, progress)
+    except KeyboardInterrupt:
+        summary.outcome = "interrupted"
+    except BaseException:
+        summary.seconds = time.perf_counter() - start
+        catalog.finish_run(run_id, "failed", summary.counts())
+        raise
+    summary.seconds = time.perf_counter() - start
+    summary.failures = catalog.failures()
+    summary.failed = len(summary.failures)
+    catalog.finish_run(run_id, summary.outcome, summary.counts())
+    return summary
+
+
+def _discover(root, collection, run_id, settings, catalog, summary) -> None:
+    known = catalog.known_files(collection)
+    unchanged: list[int] = []
+    changed: list[discover.FoundFile] = []
+    unreadable: list[str] = []
+    problems: list[FileState] = []
+    for item in discover.walk(root, settings.scan.extensions):
+        if isinstance(item, discover.Problem):
+            if item.is_dir:
+                unreadable.append(item.relpath)
+            else:
+                problems.append(FileState(item.relpath, 0, 0, None, error=item.reason))
+            continue
+        old = known.get(item.relpath)
+        if old is not None and old.size == item.size and old.mtime_ns == item.mtime_ns:
+            unchanged.append(old.image_id)
+        else:
+            changed.append(item)
+    summary.unchanged = len(unchanged)
+    for chunk in _chunks(unchanged, RECORD_CHUNK * 10):
+        catalog.touch_seen(run_id, chunk)
+    if problems:
+        catalog.record_files(collection, run_id, problems)
+    states = _hash_all(changed, settings.scan.decode_workers)
+    shas = [s.sha256 for s in states if s.sha256]
+    already = catalog.annotated_contents(shas) if shas else set()
+    summary.duplicates = sum(1 for s in shas if s in already) + (
+        len([s for s in shas if s not in already]) - len({s for s in shas if s not in already})
+    )
+    for chunk in _chunks(states, RECORD_CHUNK):
+        catalog.record_files(collection, run_id, chunk)
+    summary.missing = catalog.mark_missing(collection, run_id, keep_under=unreadable)
+
+
+def _hash_all(files: list[discover.FoundFile], workers: int) -> list[FileState]:
+    def one(f: discover.FoundFile) -> FileState:
+        try:
+            return FileState(f.relpath, f.size, f.mtime_ns, discover.sha256_file(f.abspath))
+        except OSError as exc:
+            return FileState(f.relpath, f.size, f.mtime_ns, None, error=_os_reason(exc))
+
+    if len(files) < 8:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, files))
+
+
+def _annotate(pending, settings, catalog, factory, run_id, summary, progress) -> None:
+    annotator = factory.get()
+    batch_size = settings.scan.batch_size or (32 if str(annotator.loaded.device) == "cuda" else 8)
+    target = getattr(annotator, "input_size", None)
+    bar = _bar(len(pending), progress)
+    decode = _Decoder(settings.scan.max_pixels, target, settings.scan.decode_workers)
+    try:
+        for batch, decoded in decode.batches(pending, batch_size):
+            good, failures, meta = [], [], {}
+            for item, result in zip(batch, decoded, strict=True):
+                if isinstance(result, ImageError):
+                    failures.append((item.image_id, str(result)))
+                else:
+                    good.append((item, result))
+                    meta[item.image_id] = ImageMeta(result.width, result.height, result.format,
+                                                    result.mode)
+            annotations, model_failures = _run_model(annotator, good)
+            failures += model_failures
+            catalog.record_failures(failures)
+            catalog.add_annotations(run_id, annotations, meta=meta)
+            summary.annotated += len(annotations)
+            bar.update(len(batch))
+    finally:
+        decode.close()
+        bar.close()
+
+
+def _run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """Annotate a batch; if the batch fails, retry one by one so one bad image costs only itself."""
+    if not good:
+        return [], []
+    try:
+        out = annotator.annotate([d.image for _, d in good])
+        return [(item.image_id, a) for (item, _), a in zip(good, out, strict=True)], []
+    except (ArtnoteError, RuntimeError, ValueError) as exc:
+        if len(good) == 1:
+            return [], [(good[0][0].image_id, f"the model could not process it: {_first(exc)}")]
+        log.warning("batch failed (%s); retrying its images one by one", _first(exc))
+    done, failed = [], []
+    for pair in good:
+        a, f = _run_model(annotator, [pair])
+        done += a
+        failed += f
+    return done, failed
+
+
+class _Decoder:
+    """Decodes the next batch in worker threads while the model works on this one.
+
+    At most two batches are decoded or in flight, so memory stays O(batch size).
+    """
+
+    def __init__(self, max_pixels: int, target: int | None, workers: int) -> None:
+        self.max_pixels, self.target = max_pixels, target
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="artnote-decode")
+
+    def _submit(self, batch: list[PendingImage]) -> list[Future]:
+        return [self.pool.submit(self._one, p) for p in batch]
+
+    def _one(self, item: PendingImage) -> Any:
+        try:
+            return decode_image(Path(item.path), max_pixels=self.max_pixels, target_size=self.target)
+        except ImageError as exc:
+            return exc
+
+    def batches(self, pending: list[PendingImage], size: int) -> Iterator[tuple[list, list]]:
+        chunks = list(_chunks(pending, size))
+        ahead = self._submit(chunks[0]) if chunks else []
+        for i, batch in enumerate(chunks):
+            current = ahead
+            ahead = self._submit(chunks[i + 1]) if i + 1 < len(chunks) else []
+            yield batch, [f.result() for f in current]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="annotating", unit="img", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def _public(settings: Settings) -> dict[str, Any]:
+    data = asdict(settings)
+    data.get("catalog", {}).pop("url", None)  # may hold a password
+    return data
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
