@@ -27,7 +27,7 @@ class ModelSettings:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
-    encoder: str = "torch"  # torch: how image embeddings are computed (onnx: see the performance issue)
+    encoder: str = "onnx"  # onnx (ONNX Runtime, exported once per model, cached) | torch
     trust_remote_code: bool = False  # run code shipped with a checkpoint: off unless you trust it
     adapter: str | None = None  # adapter name, folder, or "latest"; none by default
 
@@ -164,7 +164,7 @@ _CHOICES = {
     ("model", "device"): ("auto", "cpu", "cuda"),
     ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
     ("model", "quantization"): ("none", "8bit", "4bit"),
-    ("model", "encoder"): ("torch",),
+    ("model", "encoder"): ("onnx", "torch"),
 }
 
 

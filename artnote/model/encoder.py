@@ -1,22 +1,65 @@
 """Image -> embeddings: exactly what the language model receives for each image.
 
-`TorchEncoder` runs the model's own vision tower and projector; it is the
-reference. Each encoder returns one tensor (tokens, hidden) per image, in the
-language model's dtype and device, so callers never see pixels again.
+`TorchEncoder` runs the model's own get_image_features (vision tower + projector
+or connector); it is the reference and the fallback. `OnnxEncoder` runs the same
+path exported once to ONNX, in ONNX Runtime. Both return one tensor (tokens,
+hidden) per image, in the language model's dtype and on its device.
+
+The export is cached under cache_dir()/onnx, one folder per key: model id,
+revision, family, dtypes, tile size, artnote/torch/transformers versions, and a
+fingerprint of the encoder-path weights. The fingerprint hashes the projector
+tensors in full (ArtGPT-4 adapters retrain them) and a sample of every vision
+tensor (a local folder keeps its name when its weights change).
+
+Precision: on CPU the export is float32 (ORT's CPU kernels are float32 and it has
+no bf16), cast to the language model's dtype afterwards. On CUDA a bf16/fp16
+model is exported in float16 (ORT's CUDA provider runs fp16 well and bf16 barely;
+bf16 pixels convert to fp16 exactly) and a float32 model in float32. Every session
+is compared once with the torch path on a random tile before it is trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
 from typing import Any, Protocol
 
-from artnote.model.families import inner_model
+from artnote import __version__
+from artnote.errors import ArtnoteError, ConfigError, ModelError
+from artnote.model.families import inner_model, projector, vision_tower
 from artnote.model.load import LoadedModel
+
+log = logging.getLogger(__name__)
+
+ENCODER_KINDS = ("onnx", "torch")
+ONNX_FILE = "encoder.onnx"
+EXPORT_FORMAT = 2  # bump when the exported graph changes: old cached files are not reused
+OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
+KEEP_EXPORTS = 4  # per model: each retrained adapter makes a new export; keep the latest few
+LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")  # fixed input size, as exported
 
 
 class ImageEncoder(Protocol):
     name: str
 
     def encode(self, pixel_inputs: dict[str, Any]) -> list[Any]: ...
+
+
+class OnnxUnavailable(ModelError):
+    """ONNX Runtime cannot run this model's encoder here; the torch encoder is used."""
 
 
 class TorchEncoder:
@@ -42,6 +85,421 @@ class TorchEncoder:
 
 
 def make_encoder(loaded: LoadedModel, kind: str) -> ImageEncoder:
-    if kind != "torch":
-        raise ValueError(f"unknown encoder {kind!r}")
-    return TorchEncoder(loaded)
+    """`onnx` or `torch`; onnx falls back to torch, with one warning, where ORT cannot run."""
+    if kind not in ENCODER_KINDS:
+        raise ConfigError(
+            f"[model] encoder must be one of {', '.join(ENCODER_KINDS)}, not {kind!r}"
+        )
+    if kind == "torch":
+        return TorchEncoder(loaded)
+    try:
+        return OnnxEncoder(loaded)
+    except Exception as exc:  # export and ORT fail in many ways; the torch path always works
+        _warn_fallback(loaded, exc)
+        return TorchEncoder(loaded)
+
+
+class OnnxEncoder:
+    """The encoder path in ONNX Runtime: CUDA provider with IO binding, or CPU provider.
+
+    Also tells: path (the ONNX file), exported (this instance wrote it), provider.
+    """
+
+    name = "onnx"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        import torch
+
+        self.loaded = loaded
+        self.device = loaded.device
+        self.torch = TorchEncoder(loaded)  # for batches the export cannot take (see encode)
+        _provider(self.device)  # before exporting: without a provider the export is moot
+        _check_supported(loaded)
+        half = self.device.type == "cuda" and loaded.dtype in (torch.bfloat16, torch.float16)
+        self.export_dtype = torch.float16 if half else torch.float32
+        self.vision_dtype = next(_encoder_modules(loaded)[0].parameters()).dtype
+        size = inner_model(loaded.model).config.vision_config.image_size
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self._params = [p for m in _encoder_modules(loaded) for p in m.parameters()]
+        self._versions = [p._version for p in self._params]
+        self._warned = False
+        self._open(encoder_fingerprint(loaded))
+
+    def _open(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        self.path, self.exported = ensure_onnx(
+            self.loaded, self.export_dtype, self.size, fingerprint
+        )
+        self.session: Any = _session(self.path, self.device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.provider = self.session.get_providers()[0]
+        dims = self.session.get_outputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in dims):  # needed to preallocate bound outputs
+            raise OnnxUnavailable(f"the exported encoder's output shape {dims} is not static")
+        self.out_shape = tuple(dims)
+        self._self_check()
+
+    def encode(self, pixel_inputs: dict[str, Any]) -> list[Any]:
+        import torch
+
+        self._refresh()
+        if self.session is None:
+            return self.torch.encode(pixel_inputs)
+        pixels = pixel_inputs["pixel_values"]
+        if pixels.shape[0] == 0:
+            return []
+        if tuple(pixels.shape[-2:]) != self.size:
+            return self._torch_batch(pixel_inputs, f"images of {tuple(pixels.shape[-2:])} pixels")
+        with torch.inference_mode():
+            if self.loaded.family.name == "llava":
+                return [f.reshape(-1, f.shape[-1]) for f in self._run(pixels)]
+            # Mirror Idefics3Model.get_image_features: cast to the tower's dtype, then drop
+            # the all-zero padding tiles; each image keeps its real tiles, in order.
+            batch, tiles = pixels.shape[:2]
+            flat = pixels.to(self.vision_dtype).reshape(batch * tiles, *pixels.shape[2:])
+            # Not all zero: the same test as transformers' "count of zeros != numel".
+            real = flat.reshape(batch * tiles, -1).ne(0.0).any(dim=1)
+            counts = real.view(batch, tiles).sum(dim=1).tolist()
+            mask = pixel_inputs.get("pixel_attention_mask")
+            if mask is not None and not bool(mask.reshape(batch * tiles, -1)[real].all()):
+                # The export assumes whole tiles, which SmolVLM's image splitting makes.
+                return self._torch_batch(pixel_inputs, "tiles with padding inside")
+            return [f.reshape(-1, f.shape[-1]) for f in self._run(flat[real]).split(counts)]
+
+    def _run(self, pixels: Any) -> Any:
+        """(N, 3, H, W) -> (N, tokens, hidden) on the model's device, in its dtype."""
+        import torch
+
+        # Through the tower's dtype first: ORT then sees exactly the pixels torch would.
+        x = pixels.to(self.vision_dtype).to(self.device, self.export_dtype).contiguous()
+        if x.shape[0] == 0:
+            return torch.empty((0, *self.out_shape), dtype=self.loaded.dtype, device=self.device)
+        if self.device.type == "cuda":
+            return self._run_cuda(x).to(self.loaded.dtype)
+        out = self.session.run([self.output_name], {self.input_name: x.numpy()})[0]
+        return torch.from_numpy(out).to(self.loaded.dtype)
+
+    def _run_cuda(self, x: Any) -> Any:
+        """IO binding: ORT reads and writes torch's GPU memory; nothing crosses to the host."""
+        import numpy as np
+        import torch
+
+        element = np.float16 if x.dtype == torch.float16 else np.float32
+        out = torch.empty((x.shape[0], *self.out_shape), dtype=x.dtype, device=x.device)
+        index = x.device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", index, element, tuple(x.shape), x.data_ptr())
+        binding.bind_output(
+            self.output_name, "cuda", index, element, tuple(out.shape), out.data_ptr()
+        )
+        # ORT computes on its own stream: torch's writes to x must be done before it reads.
+        torch.cuda.current_stream(x.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out
+
+    def _torch_batch(self, pixel_inputs: dict[str, Any], why: str) -> list[Any]:
+        if not self._warned:
+            log.warning("ONNX encoder cannot take %s; such batches use the torch encoder", why)
+            self._warned = True
+        return self.torch.encode(pixel_inputs)
+
+    def _refresh(self) -> None:
+        """Switch ONNX file when encoder-path weights changed in place (an adapter loaded later).
+
+        Tensor version counters make the check free on every batch; the hash runs only
+        when one of them moved.
+        """
+        versions = [p._version for p in self._params]
+        if versions == self._versions:
+            return
+        self._versions = versions
+        fingerprint = encoder_fingerprint(self.loaded)
+        if fingerprint == self.fingerprint:
+            return
+        log.info("encoder weights of %s changed: switching ONNX file", self.loaded.name)
+        try:
+            self._open(fingerprint)
+        except Exception as exc:
+            _warn_fallback(self.loaded, exc)
+            self.session = None
+            self.name = "torch"  # provenance must say what really computed the embeddings
+
+    def _self_check(self) -> None:
+        """Compare one random tile with the torch path before trusting the session."""
+        import torch
+
+        tile = torch.rand((1, 3, *self.size), generator=torch.Generator().manual_seed(0)) * 2 - 1
+        if self.loaded.family.name == "llava":
+            pixel_inputs = {"pixel_values": tile}
+        else:
+            mask = torch.ones((1, 1, *self.size), dtype=torch.long)
+            pixel_inputs = {"pixel_values": tile[:, None], "pixel_attention_mask": mask}
+        want = self.torch.encode(pixel_inputs)[0].float()
+        got = self._run(tile)[0].reshape(want.shape).float()
+        exact = self.export_dtype == self.vision_dtype == torch.float32
+        error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+        if not bool(torch.isfinite(got).all()) or error > (1e-3 if exact else 5e-2):
+            raise OnnxUnavailable(f"ONNX output differs from torch's (relative error {error:.2g})")
+
+
+# ---- export and cache ---------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """$ARTNOTE_CACHE_DIR, else $XDG_CACHE_HOME/artnote, else ~/.cache/artnote."""
+    if os.environ.get("ARTNOTE_CACHE_DIR"):
+        return Path(os.environ["ARTNOTE_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "artnote"
+
+
+def encoder_fingerprint(loaded: LoadedModel) -> str:
+    """Hash of the projector's tensors, a sample of the vision tower's, and their config."""
+    import torch
+
+    config = inner_model(loaded.model).config
+    keys = ("scale_factor", "vision_feature_layer", "vision_feature_select_strategy",
+            "projector_hidden_act", "multimodal_projector_bias")  # fmt: skip
+    described = {"vision": config.vision_config.to_dict()}
+    described.update({k: getattr(config, k, None) for k in keys})
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    vision, proj = _encoder_modules(loaded)
+    for name, tensor in sorted(proj.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(_tensor_bytes(tensor.detach().reshape(-1)))
+    tensors = sorted(vision.state_dict().items())
+    sample = [t.detach().reshape(-1)[:16].float() for _, t in tensors if t.is_floating_point()]
+    if sample:
+        digest.update(_tensor_bytes(torch.cat(sample)))  # one copy to the host, not hundreds
+    return digest.hexdigest()[:16]
+
+
+def ensure_onnx(
+    loaded: LoadedModel, dtype: Any, size: tuple[int, ...], fingerprint: str
+) -> tuple[Path, bool]:
+    """The cached ONNX file for this key, exported first if missing: (path, exported now)."""
+    import torch
+    import transformers
+
+    key = {
+        "model": loaded.name, "revision": loaded.revision, "family": loaded.family.name,
+        "lm_dtype": str(loaded.dtype), "export_dtype": str(dtype), "size": list(size),
+        "fingerprint": fingerprint, "artnote": __version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "opset": OPSET, "format": EXPORT_FORMAT,
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", loaded.name.strip("/"))[-60:]
+    prefix = f"{slug}-{loaded.family.name}-{str(dtype).removeprefix('torch.')}-"
+    folder = cache_dir() / "onnx" / (prefix + digest)
+    if (folder / ONNX_FILE).is_file():
+        with contextlib.suppress(OSError):  # a read-only shared cache is fine
+            os.utime(folder)  # most recently used: kept by _prune
+        return folder / ONNX_FILE, False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    say = f"exporting the vision encoder of {loaded.name} to ONNX (once per model)... "
+    print(say, end="", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    # Export into a private folder, then rename it into place: the folder (graph and any
+    # external data) appears whole or not at all, so a crash never leaves a trusted half.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        export_onnx(loaded, tmp / ONNX_FILE, dtype, size)
+        (tmp / "key.json").write_text(json.dumps(key, indent=2), encoding="utf-8")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / ONNX_FILE).is_file():  # else another process finished first
+                raise
+    except BaseException:
+        print("failed", file=sys.stderr, flush=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    _prune(folder.parent, prefix)
+    return folder / ONNX_FILE, True
+
+
+def _prune(parent: Path, prefix: str) -> None:
+    """Keep the KEEP_EXPORTS most recently used exports of a model, and no stale temp folders."""
+    exports = sorted(parent.glob(prefix + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    day_ago = time.time() - 86400
+    stale = [p for p in parent.glob(".tmp-*") if p.stat().st_mtime < day_ago]
+    for path in exports[KEEP_EXPORTS:] + stale:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def export_onnx(loaded: LoadedModel, path: Path, dtype: Any, size: tuple[int, ...]) -> None:
+    """Export vision tower + projector with a dynamic first axis (images or tiles)."""
+    import torch
+
+    module = _encoder_path(loaded, dtype)
+    example = torch.rand((2, 3, *size), dtype=dtype) * 2 - 1  # 2: a size-1 axis would be fixed
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()  # the live model's own modules may be in it: their mode is restored below
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notices are noise
+    try:
+        # The exporter's progress lines would break our one-line message.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=["pixel_values"],
+                output_names=["embeddings"],
+                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}},
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=weights > EXTERNAL_DATA_BYTES,
+                verbose=False,
+            )
+    finally:
+        onnx_logger.setLevel(level)
+        for m, training in modes:
+            m.training = training
+
+
+def _encoder_path(loaded: LoadedModel, dtype: Any) -> Any:
+    """A module computing what get_image_features returns, batched over images or tiles."""
+    import torch
+    from torch import nn
+
+    config = inner_model(loaded.model).config
+    vision, proj = _encoder_modules(loaded)
+    if loaded.device.type != "cpu" or next(vision.parameters()).dtype != dtype:
+        vision, proj = _cpu_copy(vision, dtype), _cpu_copy(proj, dtype)
+
+    if loaded.family.name == "llava":
+        # Written out (LlavaModel.get_image_features) because its per-image list would fix
+        # the batch size in the graph.
+        layer = config.vision_feature_layer
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        crop = 1 if config.vision_feature_select_strategy == "default" else 0  # the CLS token
+
+        class LlavaPath(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.vision, self.proj = vision, proj
+
+            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+                states = self.vision(pixel_values, output_hidden_states=True).hidden_states
+                return self.proj(torch.cat([states[i][:, crop:] for i in layers], dim=-1))
+
+        return LlavaPath()
+
+    patch = config.vision_config.patch_size
+
+    class Idefics3Path(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision, self.proj = vision, proj
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            n, _, h, w = pixel_values.shape
+            whole = torch.ones(
+                (n, h // patch, w // patch), dtype=torch.bool, device=pixel_values.device
+            )
+            hidden = self.vision.embeddings(pixel_values=pixel_values, patch_attention_mask=whole)
+            # Idefics3VisionTransformer.forward with no attention mask: all patches of a
+            # whole tile see each other, as with the all-true mask, without masking ops.
+            hidden = self.vision.encoder(inputs_embeds=hidden, attention_mask=None)
+            return self.proj(self.vision.post_layernorm(hidden.last_hidden_state))
+
+    return Idefics3Path()
+
+
+def _cpu_copy(module: Any, dtype: Any) -> Any:
+    """Copy a module to the CPU in `dtype` without first duplicating it on the GPU."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        clone = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
+        is_param = isinstance(t, torch.nn.Parameter)
+        memo[id(t)] = torch.nn.Parameter(clone, requires_grad=False) if is_param else clone
+    return copy.deepcopy(module, memo)
+
+
+# ---- runtime ------------------------------------------------------------------
+
+
+def _provider(device: Any) -> tuple[str, dict[str, Any]]:
+    """The ORT provider for the model's device and its options; raise when there is none."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise OnnxUnavailable(f"onnxruntime cannot be imported ({_reason(exc)})") from None
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OnnxUnavailable("onnxruntime-gpu is not installed (pip install artnote[gpu])")
+        return "CUDAExecutionProvider", {"device_id": device.index or 0}
+    if device.type == "cpu":
+        return "CPUExecutionProvider", {}
+    raise OnnxUnavailable(f"ONNX Runtime has no provider for device {device.type!r}")
+
+
+def _session(path: Path, device: Any) -> Any:
+    import onnxruntime as ort
+
+    wanted, provider_options = _provider(device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # ORT's notices (nodes placed on CPU...) are not for users
+    if wanted == "CPUExecutionProvider":
+        options.intra_op_num_threads = _cores()
+        # Spinning ORT threads would steal the cores torch needs for the language model next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = [(wanted, provider_options)]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if session.get_providers()[0] != wanted:
+        # ORT quietly runs on the CPU when the CUDA provider fails to load (CUDA, cuDNN).
+        raise OnnxUnavailable(f"ONNX Runtime could not start {wanted} (check CUDA and cuDNN)")
+    return session
+
+
+def _check_supported(loaded: LoadedModel) -> None:
+    for module in _encoder_modules(loaded):
+        quantized = any(type(m).__module__.startswith("bitsandbytes") for m in module.modules())
+        if quantized or not all(p.is_floating_point() for p in module.parameters()):
+            raise OnnxUnavailable("the vision tower or projector has quantized weights")
+    if loaded.family.name == "llava":
+        tower = inner_model(loaded.model).config.vision_config.model_type
+        if tower not in LLAVA_TOWERS:
+            raise OnnxUnavailable(f"vision tower {tower!r} is not exported (only {LLAVA_TOWERS})")
+
+
+def _encoder_modules(loaded: LoadedModel) -> tuple[Any, Any]:
+    """(vision tower, projector or connector): the path that is exported."""
+    return vision_tower(loaded.model, loaded.family), projector(loaded.model, loaded.family)
+
+
+def _tensor_bytes(tensor: Any) -> bytes:
+    import torch
+
+    return tensor.contiguous().cpu().view(torch.uint8).numpy().tobytes()  # numpy has no bf16
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))  # what this process may use (taskset, cgroups)
+    return os.cpu_count() or 1
+
+
+def _warn_fallback(loaded: LoadedModel, exc: BaseException) -> None:
+    log.warning(
+        "ONNX encoder unavailable for %s (%s); using the torch encoder", loaded.name, _reason(exc)
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the log: our own messages as they are, others with their type."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, ArtnoteError) and lines:
+        return lines[0]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
