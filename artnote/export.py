@@ -1,0 +1,110 @@
+"""Write current annotations as CSV (for spreadsheets) or JSON Lines (for programs).
+
+Rows come from `Catalog.export_rows()`; both writers stream, so a million rows
+never sit in memory.
+
+CSV follows RFC 4180 (quoted where needed, CRLF line ends) and is safe to open
+in a spreadsheet: a text cell that starts with =, +, -, @, a tab or a carriage
+return gets a leading apostrophe, so it is shown as text instead of being run
+as a formula (OWASP "CSV injection"). Numeric columns are never altered;
+probabilities are written with full precision, so the nine of a row still sum
+to 1. Whoever imports an edited CSV back must drop that one leading apostrophe.
+JSON Lines carries every field, full provenance included, unaltered.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from pathlib import PurePath
+from typing import Any, TextIO
+
+from artnote.emotions import EMOTION_COLUMNS
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "path",
+    "sha256",
+    "width",
+    "height",
+    "alt_text",
+    "description",
+    "dominant_emotion",
+    *EMOTION_COLUMNS,
+    "explanation",
+    "model",
+    "adapter",  # adapter content hash; empty for the base model
+    "status",  # draft | corrected | approved
+    "annotated_at",
+    # Extras, after the documented columns: which annotation a spreadsheet row shows.
+    "adapter_name",
+    "model_revision",
+    "prompt_version",
+    "image_id",
+    "annotation_id",
+)
+NUMERIC_COLUMNS = frozenset({"width", "height", *EMOTION_COLUMNS, "image_id", "annotation_id"})
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+DEFAULT_STATUS = "draft"  # until corrections exist
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
+    """Write a header and one line per row to `out` (open it with newline=''); return the count."""
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow([_cell(column, _value(row, column)) for column in CSV_COLUMNS])
+        count += 1
+    return count
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
+    """One JSON object per line: CSV columns first, then every other field. Returns the count."""
+    count = 0
+    for row in rows:
+        ordered = {column: _value(row, column) for column in CSV_COLUMNS}
+        ordered.update((k, v) for k, v in row.items() if k not in ordered)
+        out.write(json.dumps(ordered, ensure_ascii=False, allow_nan=False, default=_to_json))
+        out.write("\n")
+        count += 1
+    return count
+
+
+def _value(row: Mapping[str, Any], column: str) -> Any:
+    value = row.get(column)
+    if column == "status" and value is None:
+        return DEFAULT_STATUS
+    if column == "annotated_at" and isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column in NUMERIC_COLUMNS and not isinstance(value, bool):
+        if isinstance(value, float):
+            return repr(value)  # the shortest text that reads back as the same float
+        if isinstance(value, int):
+            return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = _to_json(value) if isinstance(value, datetime | date | PurePath) else str(value)
+    if text.startswith(FORMULA_PREFIXES):
+        return "'" + text
+    return text
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
