@@ -267,6 +267,7 @@ def test_missing_files_and_their_return(cat: Catalog, tmp_path: Path) -> None:
     )
     cat.add_annotations(run, [(ids["a.jpg"], annotation("Blue sea."))])
     run2 = cat.start_run({}, "m", None)
+    assert cat.mark_missing(cid, run2, keep_under=["."]) == 0  # the root was unreadable
     assert cat.mark_missing(cid, run2, keep_under=["dir"]) == 1  # dir was unreadable
     assert cat.known_files(cid)["a.jpg"].status == "missing"
     assert cat.status_counts()["missing"] == 1

@@ -244,7 +244,10 @@ class Catalog:
         `keep_under` lists relpaths of folders discovery could not read: what is
         below them may still exist, so it is left as it was.
         """
-        prefixes = tuple(p.rstrip("/") + "/" for p in keep_under)
+        keep = [p.strip("/") for p in keep_under]
+        if any(p in ("", ".") for p in keep):  # the root itself was unreadable
+            return 0
+        prefixes = tuple(p + "/" for p in keep)
         with self._write() as conn:
             rows = conn.execute(
                 select(images.c.id, images.c.relpath).where(
