@@ -54,9 +54,13 @@ def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
     """Write a header and one line per row to `out` (open it with newline=''); return the count."""
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
+    cells = [(c, _number_cell if c in NUMERIC_COLUMNS else _text_cell) for c in CSV_COLUMNS]
     count = 0
     for row in rows:
-        writer.writerow([_cell(column, _value(row, column)) for column in CSV_COLUMNS])
+        line = [to_cell(row.get(column)) for column, to_cell in cells]
+        if row.get("status") is None:
+            line[_STATUS] = DEFAULT_STATUS
+        writer.writerow(line)
         count += 1
     return count
 
@@ -82,20 +86,26 @@ def _value(row: Mapping[str, Any], column: str) -> Any:
     return value
 
 
-def _cell(column: str, value: Any) -> str:
+def _number_cell(value: Any) -> str:
+    kind = type(value)
+    if kind is float:
+        return repr(value)  # the shortest text that reads back as the same float
+    if kind is int:
+        return str(value)
+    return _text_cell(value)  # None, or a number that arrived as text
+
+
+def _text_cell(value: Any) -> str:
     if value is None:
         return ""
-    if column in NUMERIC_COLUMNS and not isinstance(value, bool):
-        if isinstance(value, float):
-            return repr(value)  # the shortest text that reads back as the same float
-        if isinstance(value, int):
-            return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = _to_json(value) if isinstance(value, datetime | date | PurePath) else str(value)
-    if text.startswith(FORMULA_PREFIXES):
-        return "'" + text
-    return text
+    if type(value) is not str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        value = _to_json(value) if isinstance(value, datetime | date | PurePath) else str(value)
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+_STATUS = CSV_COLUMNS.index("status")
 
 
 def _to_json(value: Any) -> Any:
