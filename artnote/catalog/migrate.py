@@ -109,6 +109,9 @@ def quick_heads(folder: Path) -> set[str] | None:
     return (revisions - parents) or None
 
 
+_PG_LOCK_KEY = 0x61727410  # any constant shared by every artnote process
+
+
 def _stored_revisions(conn: Connection) -> set[str]:
     if not inspect(conn).has_table("alembic_version"):
         return set()
@@ -124,6 +127,8 @@ def _upgrade_locked(conn: Connection, heads: set[str], known: set[str], where: s
         conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
     try:
         with conn.begin():
+            if conn.dialect.name == "postgresql":  # SQLite has BEGIN IMMEDIATE; this is PG's
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
             # Re-read under the lock: another process may have migrated meanwhile.
             current = _stored_revisions(conn)
             _refuse_foreign(conn, current, known, where)
