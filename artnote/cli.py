@@ -47,13 +47,21 @@ app.add_typer(models_app, name="models")
 # Options shared by several commands, declared once.
 CatalogOpt = Annotated[
     str | None,
-    typer.Option("--catalog", help="Catalog path or SQLAlchemy URL [default: artnote.db].",
-                 envvar="ARTNOTE_CATALOG", show_envvar=True),
+    typer.Option(
+        "--catalog",
+        help="Catalog path or SQLAlchemy URL [default: artnote.db].",
+        envvar="ARTNOTE_CATALOG",
+        show_envvar=True,
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", help="Hub id or local model folder [default: [model] name].",
-                 envvar="ARTNOTE_MODEL", show_envvar=True),
+    typer.Option(
+        "--model",
+        help="Hub id or local model folder [default: [model] name].",
+        envvar="ARTNOTE_MODEL",
+        show_envvar=True,
+    ),
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="artnote.toml to read [default: ./artnote.toml].")
@@ -79,17 +87,22 @@ def _open_catalog(settings):
 
 @app.command()
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of images to annotate (searched recursively).")],
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of images to annotate (searched recursively).")
+    ],
     catalog: CatalogOpt = None,
     model: ModelOpt = None,
     adapter: Annotated[
-        str | None, typer.Option(help="Adapter folder to apply [default: [model] adapter, or none].")
+        str | None,
+        typer.Option(help="Adapter folder to apply [default: [model] adapter, or none]."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     limit: Annotated[int | None, typer.Option(help="Annotate at most N new images.")] = None,
     force: Annotated[bool, typer.Option(help="Annotate every image again.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Annotate every new or changed image under FOLDER (incremental and resumable)."""
@@ -105,6 +118,9 @@ def scan(
     if limit is not None and limit < 1:
         raise click.BadParameter("must be at least 1", param_hint="--limit")
     adapter_dir = _adapter_dir(settings.model.adapter)
+    from artnote.model.load import check_model_available
+
+    check_model_available(settings.model)
     cat = _open_catalog(settings)
 
     def make():
@@ -115,10 +131,15 @@ def scan(
         return load_annotator(settings, adapter_dir)
 
     summary = run_scan(
-        folder, settings, cat, AnnotatorFactory(make),
+        folder,
+        settings,
+        cat,
+        AnnotatorFactory(make),
         model_name=settings.model.name,
         adapter=str(adapter_dir) if adapter_dir else None,
-        force=force, limit=limit, progress=not quiet and sys.stderr.isatty(),
+        force=force,
+        limit=limit,
+        progress=not quiet and sys.stderr.isatty(),
     )
     if not quiet:
         _err(
@@ -149,8 +170,13 @@ def _adapter_dir(choice: str | None) -> Path | None:
 
 @app.command()
 def export(
-    fmt: Annotated[str, typer.Argument(metavar="csv|jsonl", help="csv for spreadsheets; jsonl carries everything.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE instead of stdout.")] = None,
+    fmt: Annotated[
+        str,
+        typer.Argument(metavar="csv|jsonl", help="csv for spreadsheets; jsonl carries everything."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -183,7 +209,9 @@ def status(
     counts = cat.status_counts()
     failures = cat.failures()
     if json_out:
-        typer.echo(json.dumps({**counts, "failures": [{"path": p, "reason": r} for p, r in failures]}))
+        typer.echo(
+            json.dumps({**counts, "failures": [{"path": p, "reason": r} for p, r in failures]})
+        )
         return
     typer.echo(f"catalog: {cat.where}")
     for key, value in counts.items():
@@ -194,7 +222,9 @@ def status(
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Words to find in alt text, descriptions and explanations.")],
+    query: Annotated[
+        str, typer.Argument(help="Words to find in alt text, descriptions and explanations.")
+    ],
     limit: Annotated[int, typer.Option(help="At most N results.")] = 20,
     json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
@@ -230,7 +260,8 @@ def models_tiny(
 def selftest(
     json_out: JsonOpt = False,
     images: Annotated[
-        Path | None, typer.Option(help="Folder of sample images [default: ../shared/art if present].")
+        Path | None,
+        typer.Option(help="Folder of sample images [default: ../shared/art if present]."),
     ] = None,
 ) -> None:
     """Build tiny models of each family offline and check every stage end to end."""

@@ -172,7 +172,9 @@ def _validate(settings: Settings) -> None:
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(settings, section), key)
         if value not in allowed:
-            raise ConfigError(f"[{section}] {key} must be one of {', '.join(allowed)}, not {value!r}")
+            raise ConfigError(
+                f"[{section}] {key} must be one of {', '.join(allowed)}, not {value!r}"
+            )
     if settings.scan.batch_size < 0:
         raise ConfigError("[scan] batch_size must be 0 (automatic) or a positive number")
     if settings.scan.max_pixels <= 0:

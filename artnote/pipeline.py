@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,50 +105,29 @@ def scan(
 
 
 def _discover(root, collection, run_id, settings, catalog, summary) -> None:
-    known = catalog.known_files(collection)
-    unchanged: list[int] = []
-    changed: list[discover.FoundFile] = []
-    unreadable: list[str] = []
-    problems: list[FileState] = []
-    for item in discover.walk(root, settings.scan.extensions):
-        if isinstance(item, discover.Problem):
-            if item.is_dir:
-                unreadable.append(item.relpath)
-            else:
-                problems.append(FileState(item.relpath, 0, 0, None, error=item.reason))
-            continue
-        old = known.get(item.relpath)
-        if old is not None and old.size == item.size and old.mtime_ns == item.mtime_ns:
-            unchanged.append(old.image_id)
-        else:
-            changed.append(item)
-    summary.unchanged = len(unchanged)
-    for chunk in _chunks(unchanged, RECORD_CHUNK * 10):
+    plan = discover.plan_scan(
+        discover.discover_images(root, settings.scan.extensions), catalog.known_files(collection)
+    )
+    summary.unchanged = len(plan.unchanged)
+    for chunk in _chunks(plan.unchanged, RECORD_CHUNK * 10):
         catalog.touch_seen(run_id, chunk)
+    unreadable = [p.relpath for p in plan.problems if p.is_dir]
+    problems = [
+        FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir
+    ]
     if problems:
         catalog.record_files(collection, run_id, problems)
-    states = _hash_all(changed, settings.scan.decode_workers)
-    shas = [s.sha256 for s in states if s.sha256]
-    already = catalog.annotated_contents(shas) if shas else set()
-    summary.duplicates = sum(1 for s in shas if s in already) + (
-        len([s for s in shas if s not in already]) - len({s for s in shas if s not in already})
-    )
-    for chunk in _chunks(states, RECORD_CHUNK):
+    seen: set[str] = set()
+    states = discover.hash_files(plan.to_hash, workers=max(1, settings.scan.decode_workers))
+    for chunk in _chunks_of(states, RECORD_CHUNK):  # committed as we go: a crash loses one chunk
+        shas = [s.sha256 for s in chunk if s.sha256]
+        already = catalog.annotated_contents(shas)
+        for sha in shas:  # a twin of an annotated content, or of another new file
+            if sha in already or sha in seen:
+                summary.duplicates += 1
+            seen.add(sha)
         catalog.record_files(collection, run_id, chunk)
     summary.missing = catalog.mark_missing(collection, run_id, keep_under=unreadable)
-
-
-def _hash_all(files: list[discover.FoundFile], workers: int) -> list[FileState]:
-    def one(f: discover.FoundFile) -> FileState:
-        try:
-            return FileState(f.relpath, f.size, f.mtime_ns, discover.sha256_file(f.abspath))
-        except OSError as exc:
-            return FileState(f.relpath, f.size, f.mtime_ns, None, error=_os_reason(exc))
-
-    if len(files) < 8:
-        return [one(f) for f in files]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(one, files))
 
 
 def _annotate(pending, settings, catalog, factory, run_id, summary, progress) -> None:
@@ -165,8 +144,9 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress) ->
                     failures.append((item.image_id, str(result)))
                 else:
                     good.append((item, result))
-                    meta[item.image_id] = ImageMeta(result.width, result.height, result.format,
-                                                    result.mode)
+                    meta[item.image_id] = ImageMeta(
+                        result.width, result.height, result.format, result.mode
+                    )
             annotations, model_failures = _run_model(annotator, good)
             failures += model_failures
             catalog.record_failures(failures)
@@ -212,7 +192,9 @@ class _Decoder:
 
     def _one(self, item: PendingImage) -> Any:
         try:
-            return decode_image(Path(item.path), max_pixels=self.max_pixels, target_size=self.target)
+            return decode_image(
+                Path(item.path), max_pixels=self.max_pixels, target_size=self.target
+            )
         except ImageError as exc:
             return exc
 
@@ -230,24 +212,38 @@ class _Decoder:
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
+
+
+def _chunks_of(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _bar(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="annotating", unit="img", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total,
+        desc="annotating",
+        unit="img",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
 
 
 def _public(settings: Settings) -> dict[str, Any]:
     data = asdict(settings)
     data.get("catalog", {}).pop("url", None)  # may hold a password
     return data
-
-
-def _os_reason(exc: OSError) -> str:
-    return f"cannot read the file: {exc.strerror or exc}"
 
 
 def _first(exc: BaseException) -> str:

@@ -14,8 +14,14 @@ from typing import Any
 
 from artnote.model.tiny import TINY_FAMILIES
 
-CHECKS = ("load", "attach_adapters", "zero_init_identity", "annotate_batch",
-          "emotions_valid", "adapter_round_trip")
+CHECKS = (
+    "load",
+    "attach_adapters",
+    "zero_init_identity",
+    "annotate_batch",
+    "emotions_valid",
+    "adapter_round_trip",
+)
 
 
 def sample_images(folder: Path | None, count: int = 4) -> tuple[list[Any], str]:
@@ -58,8 +64,10 @@ def _check_family(tmp: Path, family: str, images: list[Any]) -> dict[str, Any]:
         folder = build_tiny_model(tmp / family, family)
         loaded = load_model(ModelSettings(name=str(folder), device="cpu"))
         checks["load"] = True
-        annotator = Annotator(loaded, GenerationSettings(alt_text_tokens=8, description_tokens=16,
-                                                         explanation_tokens=8))
+        annotator = Annotator(
+            loaded,
+            GenerationSettings(alt_text_tokens=8, description_tokens=16, explanation_tokens=8),
+        )
         before = annotator.emotion_logliks(images)
         attach_adapters(loaded.model)
         checks["attach_adapters"] = True
@@ -69,7 +77,8 @@ def _check_family(tmp: Path, family: str, images: list[Any]) -> dict[str, Any]:
             a.description is not None and len(a.alt_text) <= 125 for a in annotations
         )
         checks["emotions_valid"] = all(
-            len(a.emotions) == 9 and abs(sum(a.emotions.values()) - 1) < 1e-6
+            len(a.emotions) == 9
+            and abs(sum(a.emotions.values()) - 1) < 1e-6
             and min(a.emotions.values()) >= 0
             for a in annotations
         )
@@ -79,11 +88,17 @@ def _check_family(tmp: Path, family: str, images: list[Any]) -> dict[str, Any]:
             for n in names:
                 params[n].add_(torch.randn_like(params[n]) * 0.05)
         tuned = annotator.emotion_logliks(images)
-        save_adapter(loaded.model, tmp / f"{family}-adapter", family=loaded.family,
-                     base_model=loaded.name, base_revision=None)
+        save_adapter(
+            loaded.model,
+            tmp / f"{family}-adapter",
+            family=loaded.family,
+            base_model=loaded.name,
+            base_revision=None,
+        )
         fresh = load_model(ModelSettings(name=str(folder), device="cpu"))
-        load_adapter(fresh.model, tmp / f"{family}-adapter", family=fresh.family,
-                     base_model=fresh.name)
+        load_adapter(
+            fresh.model, tmp / f"{family}-adapter", family=fresh.family, base_model=fresh.name
+        )
         again = Annotator(fresh, annotator.gen).emotion_logliks(images)
         checks["adapter_round_trip"] = bool(torch.allclose(again, tuned, atol=1e-5))
     except Exception as exc:  # a self-test reports failures, it does not crash

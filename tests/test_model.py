@@ -66,8 +66,12 @@ def test_adapter_placement_matches_hand_written_layer():
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     )
     model = LlamaForCausalLM(config).eval()
     (adapter,) = attach_adapters(model)
@@ -82,8 +86,10 @@ def test_adapter_placement_matches_hand_written_layer():
         layer = body.layers[0]
         # .forward() bypasses the hooks: this is the plain attention.
         attn = layer.self_attn.forward(
-            hidden_states=layer.input_layernorm(x), attention_mask=None,
-            position_embeddings=pe, position_ids=pos,
+            hidden_states=layer.input_layernorm(x),
+            attention_mask=None,
+            position_embeddings=pe,
+            position_ids=pos,
         )[0]
         h = x + attn
         h = h + adapter.up(torch.nn.functional.gelu(adapter.down(h)))
@@ -127,8 +133,13 @@ def test_adapter_save_load_round_trip(tiny_models, art_images, tmp_path, family)
             with torch.no_grad():
                 p.add_(torch.randn_like(p) * 0.1)
     tuned = _logits(loaded, art_images[:2])
-    config = save_adapter(loaded.model, tmp_path / "ad", family=loaded.family,
-                          base_model=loaded.name, base_revision=None)
+    config = save_adapter(
+        loaded.model,
+        tmp_path / "ad",
+        family=loaded.family,
+        base_model=loaded.name,
+        base_revision=None,
+    )
     with safe_open(str(tmp_path / "ad" / ADAPTER_FILE), "pt") as f:
         assert set(f.keys()) == set(names)
     assert len(config.content_hash) == 16
@@ -142,8 +153,13 @@ def test_adapter_save_load_round_trip(tiny_models, art_images, tmp_path, family)
 def test_adapter_refuses_another_base_model(tiny_models, tmp_path):
     loaded = _load(tiny_models["llava"])
     attach_adapters(loaded.model)
-    save_adapter(loaded.model, tmp_path / "ad", family=loaded.family,
-                 base_model="museum/base-a", base_revision=None)
+    save_adapter(
+        loaded.model,
+        tmp_path / "ad",
+        family=loaded.family,
+        base_model="museum/base-a",
+        base_revision=None,
+    )
     other = _load(build_tiny_model(tmp_path / "other", "llava", seed=7))
     with pytest.raises(AdapterError) as err:
         load_adapter(other.model, tmp_path / "ad", family=other.family, base_model="museum/base-b")
@@ -163,7 +179,9 @@ def test_batch_of_8_equals_one_by_one(tiny_models, art_images, family):
         assert alone.explanation == together.explanation
         torch.testing.assert_close(
             torch.tensor(alone.extra["emotion_loglik"]),
-            torch.tensor(together.extra["emotion_loglik"]), rtol=1e-4, atol=1e-4,
+            torch.tensor(together.extra["emotion_loglik"]),
+            rtol=1e-4,
+            atol=1e-4,
         )
 
 

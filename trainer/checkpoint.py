@@ -54,8 +54,14 @@ def save_checkpoint(
 
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(loaded.model, tmp, family=loaded.family, base_model=loaded.name,
-                 base_revision=loaded.revision, extra=extra)
+    save_adapter(
+        loaded.model,
+        tmp,
+        family=loaded.family,
+        base_model=loaded.name,
+        base_revision=loaded.revision,
+        extra=extra,
+    )
     hp = asdict(hyperparameters) if is_dataclass(hyperparameters) else dict(hyperparameters)
     (tmp / "hyperparameters.toml").write_text(write_toml(hp), encoding="utf-8")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -67,7 +73,9 @@ def save_checkpoint(
     return folder
 
 
-def _optimizer_tensors(loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optimizer_tensors(
+    loaded: LoadedModel, optimizer: torch.optim.Optimizer
+) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in loaded.model.named_parameters()}
     out: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
@@ -78,7 +86,9 @@ def _optimizer_tensors(loaded: LoadedModel, optimizer: torch.optim.Optimizer) ->
     return out
 
 
-def load_optimizer_state(folder: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer_state(
+    folder: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer
+) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "optimizer.safetensors"))

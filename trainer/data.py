@@ -48,8 +48,9 @@ def samples_from(images: list[CuratedImage]) -> list[Sample]:
             total = sum(dist)
             if total > 0:
                 out.append(
-                    Sample(im.image_path, im.sha256, "emotion",
-                           emotions=tuple(d / total for d in dist))
+                    Sample(
+                        im.image_path, im.sha256, "emotion", emotions=tuple(d / total for d in dist)
+                    )
                 )
     return out
 

@@ -17,10 +17,12 @@ def tokenize(text: str) -> list[str]:
 
 
 def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> list[float]:
+def bleu(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4
+) -> list[float]:
     """Corpus BLEU-1..max_n (closest reference length for the brevity penalty, as COCO)."""
     matches, totals = [0] * max_n, [0] * max_n
     cand_len = ref_len = 0
@@ -58,7 +60,9 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
-def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
+def rouge_l(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2
+) -> float:
     """Mean sentence ROUGE-L F-measure (beta 1.2, as COCO)."""
     scores = []
     for cand, refs in zip(candidates, references, strict=True):
@@ -75,7 +79,9 @@ def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]], beta
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0) -> float:
+def cider_d(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0
+) -> float:
     """CIDEr-D: tf-idf n-gram cosine (n = 1..4) with clipping and a length penalty, x10."""
     refs_tok = [[tokenize(r) for r in refs] for refs in references]
     docs = len(refs_tok)
@@ -111,18 +117,25 @@ def text_metrics(candidates: Sequence[str], references: Sequence[str]) -> dict[s
     refs = [[r] for r in references]
     b = bleu(candidates, refs)
     return {
-        "bleu1": b[0], "bleu2": b[1], "bleu3": b[2], "bleu4": b[3],
+        "bleu1": b[0],
+        "bleu2": b[1],
+        "bleu3": b[2],
+        "bleu4": b[3],
         "rouge_l": rouge_l(candidates, refs),
         "cider": cider_d(candidates, refs),
     }
 
 
-def emotion_metrics(log_probs: Sequence[Sequence[float]], targets: Sequence[Sequence[float]]) -> dict[str, float]:
+def emotion_metrics(
+    log_probs: Sequence[Sequence[float]], targets: Sequence[Sequence[float]]
+) -> dict[str, float]:
     """Accuracy of the top label against the target's top label, and mean cross-entropy."""
     if not targets:
         return {}
     hits, ce = 0, 0.0
     for lp, t in zip(log_probs, targets, strict=True):
-        hits += int(max(range(len(lp)), key=lp.__getitem__) == max(range(len(t)), key=t.__getitem__))
+        hits += int(
+            max(range(len(lp)), key=lp.__getitem__) == max(range(len(t)), key=t.__getitem__)
+        )
         ce -= sum(ti * li for ti, li in zip(t, lp, strict=True))
     return {"emotion_accuracy": hits / len(targets), "emotion_ce": ce / len(targets)}

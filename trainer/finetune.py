@@ -114,11 +114,11 @@ def finetune(
     for epoch in range(step // per_epoch, hp.epochs):
         order = list(range(len(train)))
         random.Random(hp.seed * 1000 + epoch).shuffle(order)
-        groups = [order[i: i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
+        groups = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
         for k in range(step - epoch * per_epoch, per_epoch):
             tick = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            micro = groups[k * hp.grad_accum: (k + 1) * hp.grad_accum]
+            micro = groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]
             seen, step_loss = sum(len(g) for g in micro), 0.0
             for group in micro:
                 batch = [train[i] for i in group]
@@ -133,11 +133,20 @@ def finetune(
             step += 1
             losses.append(step_loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - tick):.1f}")
+            bar.set_postfix(
+                loss=f"{step_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - tick):.1f}"
+            )
             if step % hp.checkpoint_every == 0 and step < total_steps:
                 state = {"step": step, "epoch": epoch, "metrics": metrics, "losses": losses}
-                checkpoint.save_checkpoint(out_dir / f"step-{step}", loaded, optimizer, hp,
-                                           metrics, state, extra=_extra(hp, samples, metrics))
+                checkpoint.save_checkpoint(
+                    out_dir / f"step-{step}",
+                    loaded,
+                    optimizer,
+                    hp,
+                    metrics,
+                    state,
+                    extra=_extra(hp, samples, metrics),
+                )
             if on_step is not None:
                 on_step(step)
         # ---- validate
@@ -150,8 +159,9 @@ def finetune(
     # ---- save
     state = {"step": step, "epoch": hp.epochs, "metrics": metrics, "losses": losses}
     metrics = {**metrics, "final_train_loss": losses[-1] if losses else None}
-    final = checkpoint.save_checkpoint(out_dir / "final", loaded, optimizer, hp, metrics, state,
-                                       extra=_extra(hp, samples, metrics))
+    final = checkpoint.save_checkpoint(
+        out_dir / "final", loaded, optimizer, hp, metrics, state, extra=_extra(hp, samples, metrics)
+    )
     return FinetuneResult(
         final_dir=final,
         steps=step,
@@ -163,7 +173,9 @@ def finetune(
     )
 
 
-def validate(loaded: LoadedModel, objective: Objective, val: list[Sample], image, hp) -> dict[str, Any]:
+def validate(
+    loaded: LoadedModel, objective: Objective, val: list[Sample], image, hp
+) -> dict[str, Any]:
     from artnote.model.annotate import Annotator
 
     out: dict[str, Any] = {}
@@ -179,8 +191,12 @@ def validate(loaded: LoadedModel, objective: Objective, val: list[Sample], image
     text = [s for s in val if s.field in ("alt_text", "description")]
     if text and hp.eval_generate:
         generated = annotator.annotate([image(s) for s in text])
-        out.update(text_metrics([getattr(a, s.field) for a, s in zip(generated, text, strict=True)],
-                                [s.text for s in text]))
+        out.update(
+            text_metrics(
+                [getattr(a, s.field) for a, s in zip(generated, text, strict=True)],
+                [s.text for s in text],
+            )
+        )
     return out
 
 
@@ -223,8 +239,15 @@ def _autocast(loaded: LoadedModel):
 def _bar(total: int, done: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc="finetune", unit="step", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=done,
+        desc="finetune",
+        unit="step",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
 
 
 def _extra(hp: Hyperparameters, samples: list[Sample], metrics: dict[str, Any]) -> dict[str, Any]:

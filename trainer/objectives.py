@@ -48,12 +48,16 @@ class Objective:
         if sample.field == "explanation":
             lead = prompts.answer_lead("explanation", sample.dominant)
             if answer.startswith(lead):
-                answer = answer[len(lead):].strip()
+                answer = answer[len(lead) :].strip()
         suffix = inputs.suffix_ids(self.tokenizer, parts)
         context = parts.prefix + parts.suffix
-        return suffix, inputs.continuation_ids(self.tokenizer, context, " " + answer) + [self.end_id]
+        return suffix, inputs.continuation_ids(self.tokenizer, context, " " + answer) + [
+            self.end_id
+        ]
 
-    def loss(self, samples: list[Sample], images: list[Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, samples: list[Sample], images: list[Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss over the samples (each sample weighs the same)."""
         text = [i for i, s in enumerate(samples) if s.field != "emotion"]
         emo = [i for i, s in enumerate(samples) if s.field == "emotion"]
@@ -88,7 +92,9 @@ class Objective:
         for image in images:
             enc = self._encoded(image)
             pixels = {k: v.to(device) for k, v in inputs.pixel_inputs(enc).items()}
-            pixels = {k: v.to(vision_dtype) if v.is_floating_point() else v for k, v in pixels.items()}
+            pixels = {
+                k: v.to(vision_dtype) if v.is_floating_point() else v for k, v in pixels.items()
+            }
             features = inner.get_image_features(**pixels, return_dict=True).pooler_output
             features = [f.reshape(-1, f.shape[-1]) for f in features]
             ids = enc["input_ids"].to(device)
@@ -97,14 +103,15 @@ class Objective:
         embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
         for i, r in enumerate(rows):
-            embeds[i, width - r.shape[0]:] = r
-            mask[i, width - r.shape[0]:] = 1
+            embeds[i, width - r.shape[0] :] = r
+            mask[i, width - r.shape[0] :] = 1
         return embeds, mask
 
     def _forward(self, embeds, mask):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                      use_cache=False)
+        out = self.lm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        )
         return self.head(out.last_hidden_state).float()
 
     def _extend(self, embeds, mask, tails: list[list[int]]):
@@ -127,9 +134,11 @@ class Objective:
         start = embeds.shape[1] - ids.shape[1]
         labels = torch.full_like(ids, -100)
         for r, (suffix, answer) in enumerate(pieces):
-            labels[r, len(suffix): len(suffix) + len(answer)] = ids[r, len(suffix): len(suffix) + len(answer)]
+            labels[r, len(suffix) : len(suffix) + len(answer)] = ids[
+                r, len(suffix) : len(suffix) + len(answer)
+            ]
         # logits at position p predict token p+1
-        pred = logits[:, start - 1: start - 1 + ids.shape[1]]
+        pred = logits[:, start - 1 : start - 1 + ids.shape[1]]
         return torch.nn.functional.cross_entropy(
             pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100
         )
@@ -144,7 +153,7 @@ class Objective:
         logp = torch.log_softmax(self._forward(embeds, mask), dim=-1)
         start = embeds.shape[1] - ids.shape[1]
         scores = []
-        for r, tail in enumerate(tails):
+        for r in range(len(tails)):
             k = r % n
             first = len(self.emotion_suffix)
             positions = torch.arange(first, first + len(self.label_ids[k]), device=ids.device)

@@ -237,8 +237,10 @@ def load_adapter(
     with torch.no_grad():
         for name, tensor in tensors.items():
             if params[name].shape != tensor.shape:
-                raise AdapterError(f"adapter tensor {name} has shape {tuple(tensor.shape)}, "
-                                   f"the model expects {tuple(params[name].shape)}")
+                raise AdapterError(
+                    f"adapter tensor {name} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(params[name].shape)}"
+                )
             params[name].copy_(tensor.to(params[name].dtype))
     config.content_hash = config.content_hash or file_hash(path)
     return config

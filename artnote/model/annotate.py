@@ -114,7 +114,9 @@ class Annotator:
                     alt_text=alt,
                     alt_text_truncated=cut,
                     description=_clean(texts[i]["description"]),
-                    emotions={e: float(p) for e, p in zip(EMOTIONS, probs[i].tolist(), strict=True)},
+                    emotions={
+                        e: float(p) for e, p in zip(EMOTIONS, probs[i].tolist(), strict=True)
+                    },
                     dominant_emotion=emotion,
                     explanation=_clean(f"{lead} {texts[i]['explanation'].strip()}"),
                     provenance=self._provenance(ms),
@@ -197,15 +199,17 @@ class Annotator:
         }
         for emotion in dominant:
             for field in GEN_FIELDS:
-                ids = self.explain_suffix[emotion] if field == "explanation" else self.suffixes[field]
+                ids = (
+                    self.explain_suffix[emotion] if field == "explanation" else self.suffixes[field]
+                )
                 suffixes.append(ids)
                 limits.append(budget[field])
         width = max(len(s) for s in suffixes)
         feed = torch.full((len(suffixes), width), self.pad_id, device=device)
         feed_mask = torch.zeros_like(feed)
         for r, ids in enumerate(suffixes):  # pad on the left of the suffix: pads sit mid-sequence
-            feed[r, width - len(ids):] = torch.tensor(ids)
-            feed_mask[r, width - len(ids):] = 1
+            feed[r, width - len(ids) :] = torch.tensor(ids)
+            feed_mask[r, width - len(ids) :] = 1
         cache = _new_cache(kv, repeat=n)
         mask = torch.cat([mask.repeat_interleave(n, dim=0), feed_mask], dim=1)
         hidden = self._forward(self.embed(feed), mask, cache)
@@ -244,7 +248,7 @@ class Annotator:
         return out
 
     def _forward(self, embeds, mask, cache):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
         out = self.lm(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -279,8 +283,9 @@ class Annotator:
         )
 
 
-def load_annotator(settings: Settings, adapter_dir: Path | None = None,
-                   adapter_name: str | None = None) -> Annotator:
+def load_annotator(
+    settings: Settings, adapter_dir: Path | None = None, adapter_name: str | None = None
+) -> Annotator:
     """Load the model (and adapter, if any) as settings say, ready to annotate."""
     from artnote.model.adapters import load_adapter
     from artnote.model.load import load_model
@@ -288,11 +293,18 @@ def load_annotator(settings: Settings, adapter_dir: Path | None = None,
     loaded = load_model(settings.model)
     adapter_hash = None
     if adapter_dir is not None:
-        config = load_adapter(loaded.model, adapter_dir, family=loaded.family, base_model=loaded.name)
+        config = load_adapter(
+            loaded.model, adapter_dir, family=loaded.family, base_model=loaded.name
+        )
         adapter_hash = config.content_hash
         adapter_name = adapter_name or Path(adapter_dir).name
-    return Annotator(loaded, settings.generation, encoder=settings.model.encoder,
-                     adapter_hash=adapter_hash, adapter_name=adapter_name)
+    return Annotator(
+        loaded,
+        settings.generation,
+        encoder=settings.model.encoder,
+        adapter_hash=adapter_hash,
+        adapter_name=adapter_name,
+    )
 
 
 class _Sampler:

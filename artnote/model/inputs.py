@@ -28,7 +28,9 @@ def image_token(processor: Any) -> str:
 
 def prompt_parts(processor: Any, question: str, lead: str = "") -> PromptParts:
     """Render the chat template with one image and split it after the image."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
     if getattr(processor, "chat_template", None):
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:  # very old checkpoints: the llava-1.5 convention
@@ -74,7 +76,7 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[in
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     if whole[: len(ctx)] == ctx:
-        return whole[len(ctx):]
+        return whole[len(ctx) :]
     return tokenizer(continuation, add_special_tokens=False)["input_ids"]
 
 
@@ -92,7 +94,7 @@ def embed_with_images(model: Any, input_ids: Any, image_token_id: int, features:
     counts = mask.sum(dim=1).tolist()
     if len(features) != len(counts):
         raise ModelError(f"{len(features)} image feature sets for {len(counts)} prompts")
-    for row, (count, feats) in enumerate(zip(counts, features, strict=True)):
+    for count, feats in zip(counts, features, strict=True):
         if count != feats.shape[0]:
             raise ModelError(
                 f"image features ({feats.shape[0]}) do not match image tokens ({count})"

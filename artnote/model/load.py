@@ -42,7 +42,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
+        raise ModelError(
+            "--device cuda was asked for, but no CUDA GPU is available (use --device cpu)"
+        )
     return device
 
 
@@ -102,13 +104,30 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     )
 
 
+def check_model_available(settings: ModelSettings) -> None:
+    """Fail in well under a second, before any heavy import, when the model cannot be had.
+
+    A scan calls this first so that an offline machine hears about a missing model
+    before discovery walks a large collection.
+    """
+    path = Path(settings.name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(_how_to_get(settings.name, local=True))
+        return
+    if _in_local_cache(settings.name):
+        return
+    if _must_stay_offline(settings.name):
+        raise ModelNotFoundError(_how_to_get(settings.name, local=False))
+
+
 def _quantization_config(quantization: str, device: str, dtype):
     if quantization == "none":
         return None
     if device != "cuda":
         raise ModelError(
             f"quantization = {quantization!r} needs a CUDA GPU (bitsandbytes); "
-            "set [model] quantization = \"none\" on this machine"
+            'set [model] quantization = "none" on this machine'
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -116,7 +135,7 @@ def _quantization_config(quantization: str, device: str, dtype):
     except Exception as exc:  # bitsandbytes fails in many ways on unsupported machines
         raise ModelError(
             f"quantization = {quantization!r} needs bitsandbytes, which cannot run here "
-            f"({_first_line(exc)}); install artnote[gpu] or set quantization = \"none\""
+            f'({_first_line(exc)}); install artnote[gpu] or set quantization = "none"'
         ) from None
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -126,7 +145,12 @@ def _quantization_config(quantization: str, device: str, dtype):
         load_in_4bit=True,
         bnb_4bit_compute_dtype=dtype,
         bnb_4bit_quant_type="nf4",
-        llm_int8_skip_modules=["vision_tower", "vision_model", "multi_modal_projector", "connector"],
+        llm_int8_skip_modules=[
+            "vision_tower",
+            "vision_model",
+            "multi_modal_projector",
+            "connector",
+        ],
     )
 
 
@@ -151,7 +175,10 @@ def _in_local_cache(name: str) -> bool:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
     result: list[bool] = []
 
     def probe() -> None:
@@ -172,18 +199,31 @@ def _looks_missing(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(
         s in text
-        for s in ("couldn't connect", "cannot find", "can't find", "not found", "offline",
-                  "does not appear to have", "is not a local folder", "no such file", "local_files_only")
+        for s in (
+            "couldn't connect",
+            "cannot find",
+            "can't find",
+            "not found",
+            "offline",
+            "does not appear to have",
+            "is not a local folder",
+            "no such file",
+            "local_files_only",
+        )
     )
 
 
 def _how_to_get(name: str, local: bool) -> str:
     if local:
-        return (f"model folder {name!r} does not hold a loadable model (config.json, processor "
-                "and weights); point [model] name at a folder made by `hf download` or save_pretrained")
-    return (f"model {name!r} is not on this machine and the hub cannot be reached: on a connected "
-            f"machine run `hf download {name}` (then copy the cache or folder here), or set "
-            "[model] name / --model to a local folder")
+        return (
+            f"model folder {name!r} does not hold a loadable model (config.json, processor "
+            "and weights); point [model] name at a folder made by `hf download` or save_pretrained"
+        )
+    return (
+        f"model {name!r} is not on this machine and the hub cannot be reached: on a connected "
+        f"machine run `hf download {name}` (then copy the cache or folder here), or set "
+        "[model] name / --model to a local folder"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

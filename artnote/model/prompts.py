@@ -70,5 +70,7 @@ def label_text(emotion: str) -> str:
 
 def prompt_hash() -> str:
     """A short, stable fingerprint of the prompt texts, recorded as provenance."""
-    blob = "\x1f".join([PROMPT_VERSION, ALT_TEXT, DESCRIPTION, EMOTION, EXPLANATION, EXPLANATION_LEAD])
+    blob = "\x1f".join(
+        [PROMPT_VERSION, ALT_TEXT, DESCRIPTION, EMOTION, EXPLANATION, EXPLANATION_LEAD]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

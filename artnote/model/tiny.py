@@ -15,7 +15,9 @@ from artnote.errors import ArtnoteError
 from artnote.model import prompts
 
 TINY_FAMILIES = ("llava", "smolvlm")
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: built by `artnote models tiny` for tests; its text is meaningless."
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: built by `artnote models tiny` for tests; its text is meaningless."
+)
 
 # The chat templates follow the real checkpoints' (llava-1.5, SmolVLM) so the
 # prompt path is the same.
