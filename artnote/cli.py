@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,7 +20,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 1, 2, 3
 class _Group(TyperGroup):
     """Known errors become one line on stderr and exit code 1 (ARTNOTE_DEBUG=1: traceback)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except ArtnoteError as exc:
@@ -116,7 +115,7 @@ def scan(
         scan={"batch_size": batch_size},
     )
     if limit is not None and limit < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--limit")
+        raise typer.BadParameter("must be at least 1", param_hint="--limit")
     adapter_dir = _adapter_dir(settings.model.adapter)
     from artnote.model.load import check_model_available
 
@@ -185,14 +184,16 @@ def export(
 
     writers = {"csv": exporter.write_csv, "jsonl": exporter.write_jsonl}
     if fmt not in writers:
-        raise click.BadParameter("choose csv or jsonl", param_hint="FORMAT")
+        raise typer.BadParameter("choose csv or jsonl", param_hint="FORMAT")
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     rows = cat.export_rows()
     if out is None:
         count = writers[fmt](rows, sys.stdout)
     else:
         tmp = out.with_name(out.name + ".partial")
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        # A BOM makes Excel read the file as UTF-8 (stdout stays plain UTF-8 for pipes).
+        encoding = "utf-8-sig" if fmt == "csv" else "utf-8"
+        with open(tmp, "w", encoding=encoding, newline="") as fh:
             count = writers[fmt](rows, fh)
         tmp.replace(out)
         _err(f"wrote {count} annotations to {out}")

@@ -105,13 +105,11 @@ def scan(
 
 
 def _discover(root, collection, run_id, settings, catalog, summary) -> None:
-    plan = discover.plan_scan(
-        discover.discover_images(root, settings.scan.extensions), catalog.known_files(collection)
-    )
+    plan = discover.scan_folder(root, catalog.known_files(collection), settings.scan.extensions)
     summary.unchanged = len(plan.unchanged)
     for chunk in _chunks(plan.unchanged, RECORD_CHUNK * 10):
         catalog.touch_seen(run_id, chunk)
-    unreadable = [p.relpath for p in plan.problems if p.is_dir]
+    unreadable = plan.unreadable_dirs
     problems = [
         FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir
     ]
