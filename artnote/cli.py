@@ -99,6 +99,10 @@ def scan(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     limit: Annotated[int | None, typer.Option(help="Annotate at most N new images.")] = None,
     force: Annotated[bool, typer.Option(help="Annotate every image again.")] = False,
+    reannotate: Annotated[
+        bool,
+        typer.Option(help="Re-annotate images annotated with another adapter (corrections stay)."),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
@@ -116,18 +120,21 @@ def scan(
     )
     if limit is not None and limit < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--limit")
-    adapter_dir = _adapter_dir(settings.model.adapter)
+    from artnote.model.adapters import read_adapter_config
     from artnote.model.load import check_model_available
+    from artnote.pipeline import resolve_adapter
 
     check_model_available(settings.model)
     cat = _open_catalog(settings)
+    adapter_dir, adapter_name = resolve_adapter(cat, settings.model.adapter)
+    adapter_hash = read_adapter_config(adapter_dir).content_hash if adapter_dir else None
 
     def make():
         from artnote.model.annotate import load_annotator
 
         if not quiet:
             _err(f"loading {settings.model.name} ...")
-        return load_annotator(settings, adapter_dir)
+        return load_annotator(settings, adapter_dir, adapter_name)
 
     summary = run_scan(
         folder,
@@ -135,8 +142,10 @@ def scan(
         cat,
         AnnotatorFactory(make),
         model_name=settings.model.name,
-        adapter=str(adapter_dir) if adapter_dir else None,
+        adapter=adapter_name,
+        adapter_hash=adapter_hash,
         force=force,
+        reannotate=reannotate,
         limit=limit,
         progress=not quiet and sys.stderr.isatty(),
     )
@@ -154,17 +163,6 @@ def scan(
         _err("Interrupted: what was annotated is saved; run the same command to resume.")
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if summary.failed else 0)
-
-
-def _adapter_dir(choice: str | None) -> Path | None:
-    if not choice:
-        return None
-    path = Path(choice).expanduser()
-    if not path.is_dir():
-        from artnote.errors import AdapterError
-
-        raise AdapterError(f"adapter folder not found: {choice}")
-    return path
 
 
 @app.command()
@@ -243,6 +241,156 @@ def search(
         _err("no matches")
 
 
+ByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--by", help="Who made the change (kept with it) [default: $USER].", envvar="ARTNOTE_BY"
+    ),
+]
+
+
+def _by(by: str | None) -> str | None:
+    return by or os.environ.get("USER") or None
+
+
+@app.command()
+def correct(
+    image: Annotated[
+        str, typer.Argument(help="Image: exported path, numeric id, or sha256 prefix.")
+    ],
+    alt_text: Annotated[
+        str | None, typer.Option(help="Corrected alt text (at most 250 characters).")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Corrected description.")] = None,
+    emotion: Annotated[
+        str | None, typer.Option(help="Corrected dominant emotion (one of the nine).")
+    ] = None,
+    explanation: Annotated[str | None, typer.Option(help="Corrected explanation.")] = None,
+    by: ByOpt = None,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Correct fields of one image's annotation (kept as a revision; nothing is overwritten)."""
+    from artnote.corrections import correct as add_corrections
+
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    values = {
+        "alt_text": alt_text,
+        "description": description,
+        "emotion": emotion,
+        "explanation": explanation,
+    }
+    count = add_corrections(cat, image, values, _by(by))
+    _err(f"recorded {count} correction{'s' if count != 1 else ''}")
+
+
+@app.command()
+def approve(
+    images: Annotated[
+        list[str], typer.Argument(help="Images: exported paths, ids, or sha256 prefixes.")
+    ],
+    by: ByOpt = None,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Approve the current annotation of each image, as it stands (with corrections)."""
+    from artnote.corrections import approve as add_approvals
+
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    count = add_approvals(cat, images, _by(by))
+    _err(f"approved {count} image{'s' if count != 1 else ''}")
+
+
+corrections_app = typer.Typer(
+    cls=_Group, help="Bring curators' corrections back.", no_args_is_help=True
+)
+app.add_typer(corrections_app, name="corrections")
+
+
+@corrections_app.command("import")
+def corrections_import(
+    file: Annotated[Path, typer.Argument(help="A CSV from `artnote export csv`, edited.")],
+    by: ByOpt = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Import the good rows even if some are bad.")
+    ] = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import the cells that differ from the catalog as corrections (all or nothing)."""
+    from artnote.corrections import import_csv
+
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    report = import_csv(cat, file, _by(by), skip_bad=skip_bad)
+    for line, reason in report.bad:
+        _err(f"{file}:{line}: {reason}")
+    if not report.imported:
+        _err(f"nothing imported: {len(report.bad)} bad row(s); fix them or use --skip-bad")
+        raise typer.Exit(EXIT_ERROR)
+    _err(
+        f"imported {report.corrections} corrections and {report.approvals} approvals from "
+        f"{report.rows} rows ({report.unchanged_rows} unchanged"
+        + (f", {len(report.bad)} bad skipped)" if report.bad else ")")
+    )
+
+
+import_app = typer.Typer(
+    cls=_Group, help="Import curated annotations from elsewhere.", no_args_is_help=True
+)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("artemis")
+def import_artemis_cmd(
+    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="ArtEmis release CSV.")],
+    images: Annotated[Path, typer.Option(help="Folder with art_style/painting.jpg images.")],
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import ArtEmis emotions and explanations as curated annotations."""
+    from artnote.artemis import import_artemis
+
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    report = import_artemis(cat, csv_file, images)
+    _err(
+        f"{report.paintings} paintings, {report.utterances} utterances: "
+        f"imported {report.imported}, {report.unchanged} unchanged, "
+        f"{len(report.missing)} images missing"
+        + (
+            f", {report.skipped_rows} rows with an unknown emotion skipped"
+            if report.skipped_rows
+            else ""
+        )
+    )
+    for path in report.missing[:10]:
+        _err(f"  missing: {path}")
+
+
+adapters_app = typer.Typer(cls=_Group, help="Fine-tuned adapters.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Adapters registered by `artnote finetune`, oldest first."""
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    adapters = cat.adapters()
+    if json_out:
+        typer.echo(json.dumps(adapters, default=str))
+        return
+    for a in adapters:
+        typer.echo(
+            f"{a['name']}\t{a['created_at']:%Y-%m-%d %H:%M}\t{a['training_samples']} samples\t"
+            f"{a['base_model']}\t{a['path']}"
+        )
+    if not adapters:
+        _err("no adapters yet: run artnote finetune")
+
+
 @models_app.command("tiny")
 def models_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
@@ -289,6 +437,17 @@ def _default_art_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def _load_plugins() -> None:
+    """Commands from other packages (the trainer's `finetune`): artnote never imports them."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="artnote.commands"):
+        entry.load()(app)
+
+
+_load_plugins()
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from artnote import discover
 from artnote.catalog import Catalog
 from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
-from artnote.errors import ArtnoteError, ImageError
+from artnote.errors import AdapterError, ArtnoteError, ImageError
 from artnote.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ def scan(
     *,
     model_name: str,
     adapter: str | None = None,
+    adapter_hash: str | None = None,
     force: bool = False,
+    reannotate: bool = False,
     limit: int | None = None,
     progress: bool = False,
 ) -> ScanSummary:
@@ -83,12 +85,20 @@ def scan(
     root = root.resolve()
     start = time.perf_counter()
     collection = catalog.ensure_collection(root)
-    run_settings = {"root": str(root), "force": force, "limit": limit, **_public(settings)}
+    run_settings = {
+        "root": str(root),
+        "force": force,
+        "reannotate": reannotate,
+        "limit": limit,
+        **_public(settings),
+    }
     run_id = catalog.start_run(run_settings, model_name, adapter)
     summary = ScanSummary(run_id=run_id)
     try:
         _discover(root, collection, run_id, settings, catalog, summary)
-        pending = catalog.pending_images(collection, force=force, limit=limit)
+        pending = catalog.pending_images(
+            collection, force=force, limit=limit, reannotate=reannotate, adapter=adapter_hash
+        )
         if pending:
             _annotate(pending, settings, catalog, annotator, run_id, summary, progress)
     except KeyboardInterrupt:
@@ -102,6 +112,33 @@ def scan(
     summary.failed = len(summary.failures)
     catalog.finish_run(run_id, summary.outcome, summary.counts())
     return summary
+
+
+def resolve_adapter(catalog: Catalog, choice: str | None) -> tuple[Path | None, str | None]:
+    """--adapter NAME|DIR|latest -> (folder, name); (None, None) for the base model."""
+    if not choice:
+        return None, None
+    path = Path(choice).expanduser()
+    if path.is_dir():
+        return path.resolve(), path.name
+    known = catalog.adapters()
+    if choice == "latest":
+        if not known:
+            raise AdapterError(
+                "--adapter latest: no adapter is registered yet (run artnote finetune)"
+            )
+        chosen = known[-1]
+    else:
+        chosen = next((a for a in known if a["name"] == choice), None)
+        if chosen is None:
+            names = ", ".join(a["name"] for a in known) or "none registered"
+            raise AdapterError(
+                f"no adapter folder or registered adapter named {choice!r} ({names})"
+            )
+    folder = Path(chosen["path"])
+    if not folder.is_dir():
+        raise AdapterError(f"adapter {chosen['name']!r} is registered at {folder}, which is gone")
+    return folder, chosen["name"]
 
 
 def _discover(root, collection, run_id, settings, catalog, summary) -> None:

@@ -69,7 +69,7 @@ def finetune(
     *,
     from_adapter: Path | None = None,
     resume: bool = False,
-    load_image: Callable[[str], Any],
+    load_image: Callable[[str], Any] | None = None,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
@@ -100,6 +100,8 @@ def finetune(
             checkpoint.load_optimizer_state(last, loaded, optimizer)
             state = checkpoint.read_state(last)
             step, metrics, losses = state["step"], state.get("metrics", {}), state.get("losses", [])
+    if load_image is None:
+        load_image = _scan_decoder(loaded, settings)
     images: dict[str, Any] = {}
 
     def image(sample: Sample) -> Any:
@@ -198,6 +200,19 @@ def validate(
             )
         )
     return out
+
+
+def _scan_decoder(loaded: LoadedModel, settings: Settings) -> Callable[[str], Any]:
+    """Decode exactly as `artnote scan` does, so training sees the pixels scanning sees."""
+    from artnote.images import decode_image
+    from artnote.model.inputs import input_size
+
+    size = input_size(loaded.processor)
+
+    def load(path: str) -> Any:
+        return decode_image(Path(path), max_pixels=settings.scan.max_pixels, target_size=size).image
+
+    return load
 
 
 def _load_for_training(settings: Settings) -> LoadedModel:

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
 
-from artnote.catalog import queries
+from artnote.catalog import queries, reviews
 from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
 from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import annotations, chunks, collections, images, runs
@@ -327,15 +327,72 @@ class Catalog:
             return new_ids
 
     def pending_images(
-        self, collection_id: int, *, force: bool = False, limit: int | None = None
+        self,
+        collection_id: int,
+        *,
+        force: bool = False,
+        limit: int | None = None,
+        reannotate: bool = False,
+        adapter: str | None = None,
     ) -> list[PendingImage]:
         """One present file per content that still needs the model, in path order.
 
         Contents with an annotation and files that failed are left out unless
-        `force` (annotate everything again; the new annotation becomes current).
+        `force` (annotate everything again; the new annotation becomes current),
+        or, with `reannotate`, unless their current annotation came from an
+        adapter other than `adapter` (a content hash; None is the base model).
+        Reviews are never touched: corrections stay laid over any new annotation.
         """
         with self._read() as conn:
-            return queries.pending_images(conn, collection_id, force=force, limit=limit)
+            return queries.pending_images(
+                conn,
+                collection_id,
+                force=force,
+                limit=limit,
+                reannotate=reannotate,
+                adapter=adapter,
+            )
+
+    # --- reviews and adapters ---------------------------------------------------
+
+    def add_reviews(
+        self,
+        items: Sequence[tuple[int, str, str | None, str | None]],
+        *,
+        by: str | None,
+        source: str,
+    ) -> int:
+        """Append (image_id, kind, field, value) reviews in one transaction; see reviews.py."""
+        if not items:
+            return 0
+        with self._write() as conn:
+            return reviews.record_reviews(conn, items, by=by, source=source)
+
+    def collection_roots(self) -> list[str]:
+        """The absolute roots of every scanned collection."""
+        with self._read() as conn:
+            return list(conn.scalars(select(collections.c.root).order_by(collections.c.id)))
+
+    def review_states(self, sha256s: Iterable[str]) -> dict[str, reviews.ReviewState]:
+        """Net corrections and status of these contents (see reviews.py)."""
+        with self._read() as conn:
+            return reviews.review_states(conn, sha256s)
+
+    def curated(self) -> list[dict[str, Any]]:
+        """Per reviewed content: path, sha256 and the fields curators settled (for training)."""
+        with self._read() as conn:
+            return reviews.curated(conn)
+
+    def register_adapter(self, **values: Any) -> int:
+        """Record a trained adapter: name, path, content_hash, base_model, family, metrics,
+        training_samples."""
+        with self._write() as conn:
+            return reviews.register_adapter(conn, **values)
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """Registered adapters, oldest first."""
+        with self._read() as conn:
+            return reviews.list_adapters(conn)
 
     # --- reports --------------------------------------------------------------
 
@@ -346,13 +403,17 @@ class Catalog:
         run_id, relpath, adapter_name, alt_text_truncated and provenance (dict).
         """
         with self._read() as conn:
-            yield from queries.export_rows(conn)
+            states = reviews.review_states(conn)  # few next to images: held in memory
+            for row in queries.export_rows(conn):
+                yield reviews.overlay(row, states.get(row["sha256"]))
 
     def status_counts(self) -> dict[str, int]:
         """Counts: images (present), annotated, failed, pending, missing, corrected,
         approved, adapters, runs."""
         with self._read() as conn:
-            return queries.status_counts(conn)
+            counts = queries.status_counts(conn)
+            counts.update(reviews.review_counts(conn))
+            return counts
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of failed images, then what the latest finished run could not read."""

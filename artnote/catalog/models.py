@@ -45,6 +45,8 @@ NAMING_CONVENTION = {
 
 IMAGE_STATUSES = ("pending", "annotated", "failed", "missing")
 RUN_OUTCOMES = ("running", "completed", "interrupted", "failed")
+REVIEW_KINDS = ("correction", "approval")
+REVIEW_FIELDS = ("alt_text", "description", "emotion", "explanation")
 
 # Tables that exist only on SQLite (FTS5 virtual table and its shadow tables);
 # they are created by migrations and never by the models.
@@ -166,6 +168,50 @@ class Annotation(Base):
     prompt_version: Mapped[str] = mapped_column(String(32))
     prompt_hash: Mapped[str] = mapped_column(String(64))
     ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+
+class Review(Base):
+    """A curator's act on a content, append-only: nothing is overwritten or lost.
+
+    kind 'correction': `field` (alt_text | description | emotion | explanation)
+    takes `value` (for emotion, a JSON distribution over the nine labels).
+    kind 'approval': the content's current values are approved as they stand.
+    A content's review status is the kind of its newest review.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index(None, "sha256", "id"),
+        CheckConstraint(f"kind IN {REVIEW_KINDS!r}", name="kind"),
+        CheckConstraint(f"field IS NULL OR field IN {REVIEW_FIELDS!r}", name="field"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))  # as the curator named it
+    annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))  # seen then
+    kind: Mapped[str] = mapped_column(String(16))
+    field: Mapped[str | None] = mapped_column(String(16))
+    value: Mapped[str | None] = mapped_column(Text)
+    by: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # cli | csv | artemis
+    created_at: Mapped[datetime]
+
+
+class Adapter(Base):
+    """A fine-tuned adapter that `scan --adapter NAME|latest` can use."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    path: Mapped[str] = mapped_column(Text)  # folder with adapter.safetensors
+    content_hash: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(Text)
+    family: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any] | None]
+    training_samples: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
 
 

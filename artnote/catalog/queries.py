@@ -71,9 +71,15 @@ def status_from_facts(has_annotation: Exists) -> ColumnElement[str]:
 
 
 def pending_images(
-    conn: Connection, collection_id: int, *, force: bool, limit: int | None
+    conn: Connection,
+    collection_id: int,
+    *,
+    force: bool,
+    limit: int | None,
+    reannotate: bool = False,
+    adapter: str | None = None,
 ) -> list[PendingImage]:
-    wanted = ("pending", "annotated", "failed") if force else ("pending",)
+    wanted = ("pending", "annotated", "failed") if force else ("pending", "annotated")
     conditions = [
         images.c.collection_id == collection_id,
         images.c.status.in_(wanted),
@@ -81,7 +87,17 @@ def pending_images(
     ]
     if not force:
         has = select(annotations.c.id).where(annotations.c.sha256 == images.c.sha256).exists()
-        conditions.append(~has)
+        if reannotate:  # also contents whose current annotation came from another adapter
+            current_adapter = (
+                select(annotations.c.adapter)
+                .where(annotations.c.sha256 == images.c.sha256)
+                .order_by(annotations.c.id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            conditions.append(or_(~has, current_adapter.is_distinct_from(adapter)))
+        else:
+            conditions.append(~has)
     # The lowest id stands for its content: duplicates are fed to the model once.
     firsts = select(func.min(images.c.id)).where(*conditions).group_by(images.c.sha256)
     stmt = (
@@ -143,7 +159,6 @@ def export_rows(conn: Connection) -> Iterator[dict[str, Any]]:
         root = out.pop("root")
         created = out.pop("created_at")
         out["path"] = image_path(root, out["relpath"])
-        out["status"] = "draft"  # 'corrected' / 'approved' once corrections exist
         out["annotated_at"] = created.isoformat(timespec="seconds") if created else None
         yield out
 
@@ -162,9 +177,6 @@ def status_counts(conn: Connection) -> dict[str, int]:
         "failed": by_status.get("failed", 0),
         "pending": by_status.get("pending", 0),
         "missing": by_status.get("missing", 0),
-        "corrected": 0,
-        "approved": 0,
-        "adapters": 0,
         "runs": int(n_runs),
     }
 

@@ -83,13 +83,7 @@ class Annotator:
 
     @property
     def input_size(self) -> int | None:
-        """The longest image edge the processor can use: decoding may shrink to this."""
-        size = getattr(getattr(self.loaded.processor, "image_processor", None), "size", None) or {}
-        if "longest_edge" in size:
-            return int(size["longest_edge"])
-        if "shortest_edge" in size:  # resized on the short side, then cropped: keep room
-            return int(size["shortest_edge"]) * 3
-        return None
+        return inputs.input_size(self.loaded.processor)
 
     def annotate(self, images: list[Any]) -> list[Annotation]:
         """Annotate PIL RGB images; the result is in the same order."""

@@ -109,3 +109,13 @@ def image_token_id(loaded_model: Any, processor: Any) -> int:
     if token_id is None:
         token_id = processor.tokenizer.convert_tokens_to_ids(image_token(processor))
     return int(token_id)
+
+
+def input_size(processor: Any) -> int | None:
+    """The longest image edge the processor can use: decoding may shrink images to this."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
+    if "longest_edge" in size:
+        return int(size["longest_edge"])
+    if "shortest_edge" in size:  # resized on the short side, then cropped: keep room
+        return int(size["shortest_edge"]) * 3
+    return None
