@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,19 @@ class ScanSummary:
     seconds: float = 0.0
     outcome: str = "completed"  # completed | interrupted
     failures: list[tuple[str, str]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds
 
     @property
     def images_per_s(self) -> float:
         return self.annotated / self.seconds if self.seconds > 0 else 0.0
 
     def counts(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("failures")
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("failures", "stages")
+        }
+        out["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         out["images_per_s"] = round(self.images_per_s, 3)
         return out
 
@@ -100,7 +106,8 @@ def scan(
             collection, force=force, limit=limit, reannotate=reannotate, adapter=adapter_hash
         )
         if pending:
-            _annotate(pending, settings, catalog, annotator, run_id, summary, progress)
+            fresh_only = not (force or reannotate)
+            _annotate(pending, settings, catalog, annotator, run_id, summary, progress, fresh_only)
     except KeyboardInterrupt:
         summary.outcome = "interrupted"
     except BaseException:
@@ -165,16 +172,31 @@ def _discover(root, collection, run_id, settings, catalog, summary) -> None:
     summary.missing = catalog.mark_missing(collection, run_id, keep_under=unreadable)
 
 
-def _annotate(pending, settings, catalog, factory, run_id, summary, progress) -> None:
+def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fresh_only) -> None:
     annotator = factory.get()
     batch_size = settings.scan.batch_size or (32 if str(annotator.loaded.device) == "cuda" else 8)
     target = getattr(annotator, "input_size", None)
     bar = _bar(len(pending), progress)
     decode = _Decoder(settings.scan.max_pixels, target, settings.scan.decode_workers)
+    stages = summary.stages
     try:
-        for batch, decoded in decode.batches(pending, batch_size):
+        batches = decode.batches(pending, batch_size)
+        while True:
+            tick = time.perf_counter()
+            try:
+                batch, decoded = next(batches)
+            except StopIteration:
+                break
+            stages["decode_wait"] += time.perf_counter() - tick
+            if fresh_only:  # another scan may have annotated some since the list was read
+                done = catalog.annotated_contents([item.sha256 for item in batch])
+                summary.duplicates += sum(item.sha256 in done for item in batch)
+            else:
+                done = set()
             good, failures, meta = [], [], {}
             for item, result in zip(batch, decoded, strict=True):
+                if item.sha256 in done:
+                    continue
                 if isinstance(result, ImageError):
                     failures.append((item.image_id, str(result)))
                 else:
@@ -182,15 +204,21 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress) ->
                     meta[item.image_id] = ImageMeta(
                         result.width, result.height, result.format, result.mode
                     )
+            tick = time.perf_counter()
             annotations, model_failures = _run_model(annotator, good)
+            stages["model"] += time.perf_counter() - tick
             failures += model_failures
+            tick = time.perf_counter()
             catalog.record_failures(failures)
             catalog.add_annotations(run_id, annotations, meta=meta)
+            stages["catalog"] += time.perf_counter() - tick
             summary.annotated += len(annotations)
             bar.update(len(batch))
     finally:
         decode.close()
         bar.close()
+        for name, seconds in getattr(annotator, "stats", {}).items():
+            stages[f"model.{name}"] = seconds
 
 
 def _run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:

@@ -40,6 +40,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {f: build_tiny_model(base / f, f) for f in ("llava", "smolvlm")}
 
 
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """One ONNX export cache for the CLI tests: each tiny model is exported once per session."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture
 def art_copy(tmp_path, art_paths) -> Path:
     """A writable copy of the eight paintings."""

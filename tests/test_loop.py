@@ -25,8 +25,9 @@ SHORT = {
 
 
 @pytest.fixture
-def cli(tiny_models, monkeypatch, tmp_path):
+def cli(tiny_models, onnx_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("ARTNOTE_CATALOG", str(tmp_path / "catalog.db"))
+    monkeypatch.setenv("ARTNOTE_CACHE_DIR", str(onnx_cache))
     monkeypatch.setenv("ARTNOTE_MODEL", str(tiny_models["smolvlm"]))
     for key, value in SHORT.items():
         monkeypatch.setenv(key, value)

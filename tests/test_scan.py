@@ -29,9 +29,10 @@ FAST = ["--quiet"]
 
 
 @pytest.fixture
-def cli(tiny_models, monkeypatch, tmp_path):
+def cli(tiny_models, onnx_cache, monkeypatch, tmp_path):
     """Run artnote in-process against a catalog in tmp_path with the tiny SmolVLM."""
     monkeypatch.setenv("ARTNOTE_CATALOG", str(tmp_path / "catalog.db"))
+    monkeypatch.setenv("ARTNOTE_CACHE_DIR", str(onnx_cache))
     monkeypatch.setenv("ARTNOTE_MODEL", str(tiny_models["smolvlm"]))
     monkeypatch.setenv("ARTNOTE_GENERATION_DESCRIPTION_TOKENS", "12")
     monkeypatch.setenv("ARTNOTE_GENERATION_ALT_TEXT_TOKENS", "8")
