@@ -101,10 +101,12 @@ def scan(
     run_id = catalog.start_run(run_settings, model_name, adapter)
     summary = ScanSummary(run_id=run_id)
     try:
-        _discover(root, collection, run_id, settings, catalog, summary)
-        pending = catalog.pending_images(
-            collection, force=force, limit=limit, reannotate=reannotate, adapter=adapter_hash
-        )
+        changed = _discover(root, collection, run_id, settings, catalog, summary)
+        pending = []
+        if changed or force or reannotate:
+            pending = catalog.pending_images(
+                collection, force=force, limit=limit, reannotate=reannotate, adapter=adapter_hash
+            )
         if pending:
             fresh_only = not (force or reannotate)
             _annotate(pending, settings, catalog, annotator, run_id, summary, progress, fresh_only)
@@ -148,28 +150,47 @@ def resolve_adapter(catalog: Catalog, choice: str | None) -> tuple[Path | None, 
     return folder, chosen["name"]
 
 
-def _discover(root, collection, run_id, settings, catalog, summary) -> None:
-    plan = discover.scan_folder(root, catalog.known_files(collection), settings.scan.extensions)
+def _discover(root, collection, run_id, settings, catalog, summary) -> bool:
+    """Walk, compare with the catalog, hash what is new or changed, note what is gone.
+
+    An unchanged file costs one stat and no write: last_seen is only updated for
+    files that are (re)recorded or come back after being missing.
+    """
+    known = catalog.known_files(collection)
+    plan = discover.scan_folder(root, known, settings.scan.extensions)
     summary.unchanged = len(plan.unchanged)
-    for chunk in _chunks(plan.unchanged, RECORD_CHUNK * 10):
-        catalog.touch_seen(run_id, chunk)
-    unreadable = plan.unreadable_dirs
-    problems = [
-        FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir
+    seen = set(plan.unchanged)
+    seen.update(known[f.relpath].image_id for f in plan.to_hash if f.relpath in known)
+    seen.update(known[p.relpath].image_id for p in plan.problems if p.relpath in known)
+    returned = [k.image_id for k in known.values() if k.status == "missing" and k.image_id in seen]
+    if returned:
+        catalog.touch_seen(run_id, returned)
+    unreadable = tuple(d.rstrip("/") + "/" for d in plan.unreadable_dirs)
+    gone = [
+        k.image_id
+        for rel, k in known.items()
+        if k.image_id not in seen
+        and k.status != "missing"
+        and not (unreadable and rel.startswith(unreadable))
     ]
-    if problems:
+    if plan.problems and any(not p.is_dir for p in plan.problems):
+        problems = [
+            FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir
+        ]
         catalog.record_files(collection, run_id, problems)
-    seen: set[str] = set()
+    seen_new: set[str] = set()
     states = discover.hash_files(plan.to_hash, workers=max(1, settings.scan.decode_workers))
     for chunk in _chunks_of(states, RECORD_CHUNK):  # committed as we go: a crash loses one chunk
         shas = [s.sha256 for s in chunk if s.sha256]
         already = catalog.annotated_contents(shas)
         for sha in shas:  # a twin of an annotated content, or of another new file
-            if sha in already or sha in seen:
+            if sha in already or sha in seen_new:
                 summary.duplicates += 1
-            seen.add(sha)
+            seen_new.add(sha)
         catalog.record_files(collection, run_id, chunk)
-    summary.missing = catalog.mark_missing(collection, run_id, keep_under=unreadable)
+    summary.missing = catalog.set_missing(gone) if gone else 0
+    # Could anything need the model? (Saves the pending query on an unchanged rescan.)
+    return bool(plan.to_hash) or any(k.status == "pending" for k in known.values())
 
 
 def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fresh_only) -> None:

@@ -78,6 +78,7 @@ class Annotator:
             for e in EMOTIONS
         ]
         self.stats: dict[str, float] = defaultdict(float)  # seconds per stage, for benchmarks
+        self.counts: dict[str, int] = defaultdict(int)  # tokens processed, for roofline bounds
 
     # ---- public -------------------------------------------------------------
 
@@ -139,6 +140,8 @@ class Annotator:
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)
         embeds = inputs.embed_with_images(self.model, ids, self.image_token_id, features)
+        self.counts["prefix_tokens"] += int(mask.sum())
+        self.counts["image_tokens"] += sum(int(f.shape[0]) for f in features)
         cache = _new_cache([])
         self._forward(embeds, mask, cache)
         t3 = time.perf_counter()

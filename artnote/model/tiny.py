@@ -21,7 +21,7 @@ RANDOM_WEIGHTS_NOTE = (
 
 # The chat templates follow the real checkpoints' (llava-1.5, SmolVLM) so the
 # prompt path is the same.
-_LLAVA_TEMPLATE = (
+LLAVA_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}"
     "{{ message['role'].upper() + ': '}}{% endif %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
@@ -30,7 +30,7 @@ _LLAVA_TEMPLATE = (
     "{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-_SMOLVLM_TEMPLATE = (
+SMOLVLM_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
     "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
     "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
@@ -68,12 +68,10 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     if family == "llava":
-        tokenizer = _train_tokenizer(["<image>"])
+        tokenizer = train_tokenizer(["<image>"])
         config, processor = _llava(tokenizer)
     else:
-        extra = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
-        extra += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
-        tokenizer = _train_tokenizer(extra)
+        tokenizer = train_tokenizer(IDEFICS3_SPECIAL)
         config, processor = _smolvlm(tokenizer)
     config.artnote_note = RANDOM_WEIGHTS_NOTE
     model = AutoModelForImageTextToText.from_config(config)
@@ -87,7 +85,17 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     return out
 
 
-def _train_tokenizer(special: list[str]):
+# The special tokens the Idefics3/SmolVLM processor expects in its tokenizer.
+IDEFICS3_SPECIAL = [
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<end_of_utterance>",
+] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+
+def train_tokenizer(special: list[str]):
+    """A small byte-level BPE tokenizer trained on the spot (no download), left padding."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -168,7 +176,7 @@ def _llava(tokenizer):
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=_LLAVA_TEMPLATE,
+        chat_template=LLAVA_TEMPLATE,
     )
     return config, processor
 
@@ -201,7 +209,7 @@ def _smolvlm(tokenizer):
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_len=4,
-        chat_template=_SMOLVLM_TEMPLATE,
+        chat_template=SMOLVLM_TEMPLATE,
     )
     return config, processor
 

@@ -1,0 +1,398 @@
+"""Benchmark: artnote's scan pipeline against the naive one-image-at-a-time way.
+
+    python bench/scan_bench.py [--images N] [--shape tiny|smolvlm-256m|llava-1.5-7b]
+                               [--tokens T] [--batch-size B] [--json FILE]
+
+Both run in this process, on the same images (copies of ../shared/art, each made
+unique so that artnote's de-duplication cannot skip work), with the same
+RANDOM-weight model of the named architecture and T generated tokens per field
+(min = max new tokens, so random weights cannot stop early).
+
+- naive: what model cards and one-image tools do: per image and per field (alt
+  text, description, explanation, emotion question), the processor and
+  `model.generate(pixel_values=...)`, batch 1, the torch vision encoder.
+- artnote: the real `artnote scan` pipeline into a temporary catalog.
+
+Model construction and artnote's one-time ONNX export are outside both timings.
+On CUDA it also computes a roofline bound for artnote's work and reports
+artnote's images/s as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Published dense bf16 peak FLOP/s and memory bandwidth (bytes/s) of GPUs we may be lent.
+GPU_PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # HuggingFaceTB/SmolVLM-256M-Instruct: SigLIP-B/16 at 512 px, pixel-shuffle x4 connector,
+    # a 30-layer 576-wide Llama (SmolLM2-135M), images split into 512 px tiles up to 2048 px.
+    "smolvlm-256m": {
+        "family": "smolvlm",
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 512,
+            "patch_size": 16,
+        },
+        "text": {
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "vocab_size": 49280,
+            "max_position_embeddings": 8192,
+            "rope_theta": 100000.0,
+            "tie_word_embeddings": True,
+        },
+        "scale_factor": 4,
+        "image_seq_len": 64,
+        "longest_edge": 2048,
+        "tile": 512,
+    },
+    # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14 at 336 px, 2-layer MLP projector, Vicuna-7B.
+    "llava-1.5-7b": {
+        "family": "llava",
+        "vision": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+            "projection_dim": 768,
+        },
+        "text": {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "vocab_size": 32064,
+            "max_position_embeddings": 4096,
+        },
+    },
+}
+
+
+def build(shape: str, device: str, work: Path):
+    """A LoadedModel of RANDOM weights with the exact architecture of `shape`."""
+    import torch
+
+    from artnote.config import ModelSettings
+    from artnote.model.families import family_for
+    from artnote.model.load import LoadedModel, load_model, quiet_transformers, resolve_dtype
+
+    quiet_transformers()
+    if shape == "tiny":
+        from artnote.model.tiny import build_tiny_model
+
+        folder = build_tiny_model(work / "tiny", "smolvlm")
+        return load_model(ModelSettings(name=str(folder), device=device))
+    spec = SHAPES[shape]
+    dtype = resolve_dtype("auto", device)
+    if spec["family"] == "llava" and device != "cuda":
+        raise SystemExit("llava-1.5-7b needs a CUDA GPU (7B random weights are built on the GPU)")
+    config, processor = _config_and_processor(spec)
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.eval()
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=family_for(config.model_type),
+        name=f"random:{shape}",
+        revision=None,
+        device=torch.device(device),
+        dtype=dtype,
+    )
+
+
+def _config_and_processor(spec: dict[str, Any]):
+    from artnote.model import tiny
+
+    if spec["family"] == "llava":
+        from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+
+        tok = tiny.train_tokenizer(["<image>"])
+        text = {
+            "model_type": "llama",
+            **spec["text"],
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+        }
+        config = LlavaConfig(
+            vision_config=spec["vision"],
+            text_config=text,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        size = spec["vision"]["image_size"]
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessor(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            ),
+            tokenizer=tok,
+            patch_size=spec["vision"]["patch_size"],
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=tiny.LLAVA_TEMPLATE,
+        )
+        return config, processor
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    tok = tiny.train_tokenizer(tiny.IDEFICS3_SPECIAL)
+    text = {
+        "model_type": "llama",
+        **spec["text"],
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+    config = Idefics3Config(
+        vision_config=spec["vision"],
+        text_config=text,
+        scale_factor=spec["scale_factor"],
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(
+            do_image_splitting=True,
+            size={"longest_edge": spec["longest_edge"]},
+            max_image_size={"longest_edge": spec["tile"]},
+        ),
+        tokenizer=tok,
+        image_seq_len=spec["image_seq_len"],
+        chat_template=tiny.SMOLVLM_TEMPLATE,
+    )
+    return config, processor
+
+
+def make_collection(folder: Path, count: int) -> list[Path]:
+    """`count` distinct files cycling through the paintings (a suffix after the image data
+    changes the bytes, not the pixels)."""
+    art = Path(os.environ.get("ARTNOTE_ART_DIR", ROOT.parent / "shared" / "art"))
+    sources = sorted(art.glob("*.jpg"))
+    if not sources:
+        raise SystemExit(f"no paintings in {art} (set ARTNOTE_ART_DIR)")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        dst = folder / f"{i:05d}_{src.name}"
+        shutil.copyfile(src, dst)
+        with open(dst, "ab") as f:
+            f.write(b"\0artnote-bench-%d" % i)
+        out.append(dst)
+    return out
+
+
+def run_naive(loaded, paths: list[Path], tokens: int) -> float:
+    """Per image and per field: processor + generate(pixel_values), batch 1, torch encoder."""
+    import torch
+    from PIL import Image
+
+    from artnote.model import inputs
+
+    proc, model = loaded.processor, loaded.model
+    nested = loaded.family.name == "idefics3"
+    fields = [
+        ("alt_text", None),
+        ("description", None),
+        ("emotion", None),
+        ("explanation", "something else"),
+    ]
+    start = time.perf_counter()
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        for name, emotion in fields:
+            parts = inputs.field_parts(proc, name, emotion)
+            enc = proc(
+                text=[parts.prefix + parts.suffix],
+                images=[[image]] if nested else [image],
+                return_tensors="pt",
+            ).to(loaded.device)
+            enc["pixel_values"] = enc["pixel_values"].to(loaded.dtype)
+            with torch.inference_mode():
+                model.generate(
+                    **enc,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    pad_token_id=proc.tokenizer.pad_token_id,
+                )
+    _sync(loaded)
+    return time.perf_counter() - start
+
+
+def run_artnote(loaded, folder: Path, tokens: int, batch_size: int, work: Path):
+    from artnote.catalog import open_catalog
+    from artnote.config import Settings
+    from artnote.model.annotate import Annotator
+    from artnote.pipeline import AnnotatorFactory, scan
+
+    settings = Settings()
+    g = settings.generation
+    g.alt_text_tokens = g.description_tokens = g.explanation_tokens = g.min_new_tokens = tokens
+    settings.scan.batch_size = batch_size
+    settings.scan.decode_workers = max(2, min(8, os.cpu_count() or 2))
+    annotator = Annotator(loaded, g, encoder="onnx")  # the one-time export happens here
+    catalog = open_catalog(work / "bench.db")
+    summary = scan(
+        folder, settings, catalog, AnnotatorFactory(lambda: annotator), model_name=loaded.name
+    )
+    _sync(loaded)
+    return summary, annotator
+
+
+def roofline(loaded, annotator, summary, tokens: int, batch_size: int) -> dict[str, Any] | None:
+    """Lower bound on artnote's time per image on this GPU: compute-bound phases (vision and
+    prefill) at peak FLOP/s, decoding at memory bandwidth (weights once per step for the
+    batch, each row's KV cache every step)."""
+    import torch
+
+    if loaded.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+    if peak is None:
+        return {"gpu": name, "note": "no published peak for this GPU"}
+    flops_s, bytes_s = peak
+    from artnote.model.families import language_model, vision_tower
+
+    text = language_model(loaded.model)
+    lm_params = sum(p.numel() for p in text.parameters()) + loaded.model.lm_head.weight.numel()
+    vis_params = sum(p.numel() for p in vision_tower(loaded.model, loaded.family).parameters())
+    cfg = text.config
+    n = summary.annotated or 1
+    prefix = annotator.counts["prefix_tokens"] / n
+    # Each LM image token stands for scale_factor^2 vision patches (Idefics3's pixel shuffle).
+    shuffle = getattr(loaded.model.config, "scale_factor", 1) ** 2
+    vis_tokens = annotator.counts["image_tokens"] * shuffle / n
+    suffix = sum(len(annotator.suffixes[f]) for f in ("alt_text", "description", "emotion")) + 40
+    prefill_flops = 2 * lm_params * (prefix + suffix) + 2 * vis_params * vis_tokens
+    width = loaded.dtype.itemsize
+    kv_per_token = (
+        2
+        * cfg.num_hidden_layers
+        * cfg.num_key_value_heads
+        * (cfg.hidden_size // cfg.num_attention_heads)
+        * width
+    )
+    weight_bytes = lm_params * width
+    rows = 3 * batch_size
+    per_step = weight_bytes + rows * kv_per_token * (prefix + suffix + tokens / 2)
+    decode_s = tokens * per_step / bytes_s / batch_size
+    bound_s = prefill_flops / flops_s + decode_s
+    return {
+        "gpu": name,
+        "bound_images_per_s": 1 / bound_s,
+        "prefill_flops_per_image": prefill_flops,
+        "decode_bytes_per_image": tokens * per_step / batch_size,
+        "fraction_of_roofline": summary.images_per_s * bound_s,
+    }
+
+
+def _sync(loaded) -> None:
+    import torch
+
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--shape", choices=["tiny", *SHAPES], default="smolvlm-256m")
+    ap.add_argument("--tokens", type=int, default=16, help="generated tokens per field")
+    ap.add_argument("--batch-size", type=int, default=0, help="artnote batch (0: 8 CPU, 32 CUDA)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    from artnote.model.load import resolve_device
+
+    device = resolve_device(args.device)
+    batch = args.batch_size or (32 if device == "cuda" else 8)
+    with tempfile.TemporaryDirectory(prefix="artnote-bench-") as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("ARTNOTE_CACHE_DIR", str(work / "cache"))
+        paths = make_collection(work / "collection", args.images)
+        loaded = build(args.shape, device, work)
+        naive_s = run_naive(loaded, paths, args.tokens)
+        summary, annotator = run_artnote(loaded, work / "collection", args.tokens, batch, work)
+    if summary.annotated != args.images:
+        raise SystemExit(f"artnote annotated {summary.annotated} of {args.images} images")
+    result: dict[str, Any] = {
+        "shape": args.shape,
+        "images": args.images,
+        "tokens_per_field": args.tokens,
+        "batch_size": batch,
+        "device": device if device == "cpu" else f"cuda ({_gpu_name()})",
+        "naive_seconds": round(naive_s, 3),
+        "artnote_seconds": round(summary.seconds, 3),
+        "naive_images_per_s": args.images / naive_s,
+        "artnote_images_per_s": summary.images_per_s,
+        "ratio": (args.images / summary.seconds) / (args.images / naive_s),
+        "stages": {k: round(v, 3) for k, v in sorted(summary.stages.items())},
+        "encoder": annotator.encoder.name,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    bound = roofline(loaded, annotator, summary, args.tokens, batch)
+    if bound is not None:
+        result["roofline"] = bound
+    _print(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(
+        f"shape {r['shape']}, {r['images']} images, {r['tokens_per_field']} tokens per field, "
+        f"device {r['device']}, artnote batch {r['batch_size']}, encoder {r['encoder']}"
+    )
+    print(f"naive:   {r['naive_images_per_s']:.3f} images/s ({r['naive_seconds']:.1f} s)")
+    print(f"artnote: {r['artnote_images_per_s']:.3f} images/s ({r['artnote_seconds']:.1f} s)")
+    print(f"ratio artnote/naive: {r['ratio']:.2f}x")
+    print("artnote stages (s): " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
+    print(f"peak RSS: {r['peak_rss_mb']:.0f} MB")
+    if "roofline" in r and "fraction_of_roofline" in r["roofline"]:
+        rf = r["roofline"]
+        print(
+            f"roofline on {rf['gpu']}: {rf['bound_images_per_s']:.2f} images/s; artnote reaches "
+            f"{100 * rf['fraction_of_roofline']:.0f}% of it"
+        )
+
+
+if __name__ == "__main__":
+    main()
