@@ -1,8 +1,8 @@
 """Performance checks of the catalog side, each against a plain baseline on the same data.
 
-    python bench/perf_checks.py rescan [--files 10000]   artnote rescan vs `find DIR -type f | wc -l`
-    python bench/perf_checks.py export [--rows 100000]   export csv vs `sqlite3 -csv` of the same columns
-    python bench/perf_checks.py memory [--small 200 --large 2000]   peak RSS of two scans
+    python bench/perf_checks.py rescan [--files 10000]    rescan vs `find DIR -type f | wc -l`
+    python bench/perf_checks.py export [--rows 100000]    export csv vs `sqlite3 -csv`, same columns
+    python bench/perf_checks.py memory [--small 200 --large 2000]    peak RSS of two scans
 
 Each prints measured times (best of --repeat runs) and their ratio.
 """

@@ -268,11 +268,38 @@ def run_artnote(loaded, folder: Path, tokens: int, batch_size: int, work: Path):
     return summary, annotator
 
 
+def roofline_seconds(
+    *,
+    lm_params: int,
+    vision_params: int,
+    vision_tokens: float,
+    prefill_tokens: float,
+    gen_tokens: int,
+    rows_per_image: int,
+    batch: int,
+    weight_bytes: float,
+    kv_bytes_per_token: float,
+    flops_per_s: float,
+    bytes_per_s: float,
+) -> float:
+    """Lower bound on the seconds per image of artnote's work on a GPU.
+
+    Compute-bound phases at peak FLOP/s: the vision tower (2 x params x patches) and
+    the prefill (2 x params x tokens). Decoding at memory bandwidth: each of the
+    gen_tokens steps reads the weights once for the whole batch and every row's
+    KV cache (on average prefill + gen/2 tokens long).
+    """
+    compute = 2 * vision_params * vision_tokens + 2 * lm_params * prefill_tokens
+    rows = rows_per_image * batch
+    step_bytes = weight_bytes + rows * kv_bytes_per_token * (prefill_tokens + gen_tokens / 2)
+    return compute / flops_per_s + gen_tokens * step_bytes / bytes_per_s / batch
+
+
 def roofline(loaded, annotator, summary, tokens: int, batch_size: int) -> dict[str, Any] | None:
-    """Lower bound on artnote's time per image on this GPU: compute-bound phases (vision and
-    prefill) at peak FLOP/s, decoding at memory bandwidth (weights once per step for the
-    batch, each row's KV cache every step)."""
+    """artnote's measured images/s as a fraction of the roofline bound (CUDA only)."""
     import torch
+
+    from artnote.model.families import language_model, vision_tower
 
     if loaded.device.type != "cuda":
         return None
@@ -280,39 +307,37 @@ def roofline(loaded, annotator, summary, tokens: int, batch_size: int) -> dict[s
     peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
     if peak is None:
         return {"gpu": name, "note": "no published peak for this GPU"}
-    flops_s, bytes_s = peak
-    from artnote.model.families import language_model, vision_tower
-
     text = language_model(loaded.model)
-    lm_params = sum(p.numel() for p in text.parameters()) + loaded.model.lm_head.weight.numel()
-    vis_params = sum(p.numel() for p in vision_tower(loaded.model, loaded.family).parameters())
     cfg = text.config
+    lm_params = sum(p.numel() for p in text.parameters()) + loaded.model.lm_head.weight.numel()
     n = summary.annotated or 1
-    prefix = annotator.counts["prefix_tokens"] / n
     # Each LM image token stands for scale_factor^2 vision patches (Idefics3's pixel shuffle).
     shuffle = getattr(loaded.model.config, "scale_factor", 1) ** 2
-    vis_tokens = annotator.counts["image_tokens"] * shuffle / n
-    suffix = sum(len(annotator.suffixes[f]) for f in ("alt_text", "description", "emotion")) + 40
-    prefill_flops = 2 * lm_params * (prefix + suffix) + 2 * vis_params * vis_tokens
+    suffixes = sum(len(annotator.suffixes[f]) for f in ("alt_text", "description", "emotion"))
     width = loaded.dtype.itemsize
-    kv_per_token = (
-        2
+    seconds = roofline_seconds(
+        lm_params=lm_params,
+        vision_params=sum(
+            p.numel() for p in vision_tower(loaded.model, loaded.family).parameters()
+        ),
+        vision_tokens=annotator.counts["image_tokens"] * shuffle / n,
+        prefill_tokens=annotator.counts["prefix_tokens"] / n + suffixes,
+        gen_tokens=tokens,
+        rows_per_image=3,
+        batch=batch_size,
+        weight_bytes=lm_params * width,
+        kv_bytes_per_token=2
         * cfg.num_hidden_layers
         * cfg.num_key_value_heads
         * (cfg.hidden_size // cfg.num_attention_heads)
-        * width
+        * width,
+        flops_per_s=peak[0],
+        bytes_per_s=peak[1],
     )
-    weight_bytes = lm_params * width
-    rows = 3 * batch_size
-    per_step = weight_bytes + rows * kv_per_token * (prefix + suffix + tokens / 2)
-    decode_s = tokens * per_step / bytes_s / batch_size
-    bound_s = prefill_flops / flops_s + decode_s
     return {
         "gpu": name,
-        "bound_images_per_s": 1 / bound_s,
-        "prefill_flops_per_image": prefill_flops,
-        "decode_bytes_per_image": tokens * per_step / batch_size,
-        "fraction_of_roofline": summary.images_per_s * bound_s,
+        "bound_images_per_s": 1 / seconds,
+        "fraction_of_roofline": summary.images_per_s * seconds,
     }
 
 

@@ -1,0 +1,89 @@
+"""The benchmarks keep working (smoke runs at tiny size) and their arithmetic is right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_scan_bench_smoke_prints_the_ratio(tmp_path, art_paths):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scan_bench.py"),
+            "--shape",
+            "tiny",
+            "--images",
+            "4",
+            "--tokens",
+            "3",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ratio artnote/naive:" in proc.stdout
+    result = json.loads(out.read_text())
+    for key in (
+        "naive_images_per_s",
+        "artnote_images_per_s",
+        "ratio",
+        "stages",
+        "peak_rss_mb",
+        "shape",
+        "images",
+        "device",
+    ):
+        assert key in result
+    assert result["images"] == 4 and result["ratio"] > 0
+    assert {
+        "decode_wait",
+        "model",
+        "catalog",
+        "model.encode",
+        "model.prefill",
+        "model.generate",
+        "model.scoring",
+    } <= set(result["stages"])
+
+
+def test_perf_checks_smoke(tmp_path):
+    import perf_checks
+
+    rescan = perf_checks.main(["rescan", "--files", "300", "--repeat", "1"])
+    assert rescan["files"] == 300 and rescan["ratio"] > 0
+    export = perf_checks.main(["export", "--rows", "300", "--repeat", "1"])
+    assert export["lines"] == 301 and export["ratio"] > 0
+
+
+def test_roofline_arithmetic():
+    from scan_bench import roofline_seconds
+
+    # 1e12 FLOP/s, 1e9 B/s; vision 2*10*5 + prefill 2*100*20 = 4100 FLOP;
+    # decode: 4 steps x (1000 + 6 rows x 2 B x (20 + 2)) / 1e9 / batch 2.
+    got = roofline_seconds(
+        lm_params=100,
+        vision_params=10,
+        vision_tokens=5,
+        prefill_tokens=20,
+        gen_tokens=4,
+        rows_per_image=3,
+        batch=2,
+        weight_bytes=1000,
+        kv_bytes_per_token=2,
+        flops_per_s=1e12,
+        bytes_per_s=1e9,
+    )
+    assert got == pytest.approx(4100 / 1e12 + 4 * (1000 + 6 * 2 * 22) / 1e9 / 2)
