@@ -184,7 +184,7 @@ def export(
     if fmt not in writers:
         raise typer.BadParameter("choose csv or jsonl", param_hint="FORMAT")
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    rows = cat.export_rows()
+    rows = cat.export_rows(provenance=fmt == "jsonl")
     if out is None:
         count = writers[fmt](rows, sys.stdout)
     else:

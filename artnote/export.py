@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import operator
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import PurePath
@@ -51,18 +52,42 @@ DEFAULT_STATUS = "draft"  # until corrections exist
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
-    """Write a header and one line per row to `out` (open it with newline=''); return the count."""
+    """Write a header and one line per row to `out` (open it with newline=''); return the count.
+
+    The hot loop touches only what needs it: csv writes None as '' and ints and
+    floats with repr (exact) by itself, so just text cells are checked for formulas.
+    """
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     cells = [(c, _number_cell if c in NUMERIC_COLUMNS else _text_cell) for c in CSV_COLUMNS]
+    pick = operator.itemgetter(*CSV_COLUMNS)
     count = 0
     for row in rows:
-        line = [to_cell(row.get(column)) for column, to_cell in cells]
-        if row.get("status") is None:
+        try:
+            line = list(pick(row))
+        except KeyError:  # a partial row: the careful path
+            line = [to_cell(row.get(column)) for column, to_cell in cells]
+        else:
+            _neutralise(line)
+        if line[_STATUS] in (None, ""):
             line[_STATUS] = DEFAULT_STATUS
         writer.writerow(line)
         count += 1
     return count
+
+
+def _neutralise(line: list[Any]) -> None:
+    for i in _TEXT_INDEXES:
+        value = line[i]
+        if type(value) is str:
+            if value and value[0] in _FORMULA_FIRST:
+                line[i] = "'" + value
+        elif value is not None:
+            line[i] = _text_cell(value)
+    for i in _NUMERIC_INDEXES:
+        value = line[i]
+        if value is not None and type(value) not in (int, float):
+            line[i] = _number_cell(value)
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
@@ -106,6 +131,9 @@ def _text_cell(value: Any) -> str:
 
 
 _STATUS = CSV_COLUMNS.index("status")
+_FORMULA_FIRST = "".join(FORMULA_PREFIXES)
+_NUMERIC_INDEXES = [i for i, c in enumerate(CSV_COLUMNS) if c in NUMERIC_COLUMNS]
+_TEXT_INDEXES = [i for i, c in enumerate(CSV_COLUMNS) if c not in NUMERIC_COLUMNS]
 
 
 def _to_json(value: Any) -> Any:

@@ -405,7 +405,7 @@ class Catalog:
 
     # --- reports --------------------------------------------------------------
 
-    def export_rows(self) -> Iterator[dict[str, Any]]:
+    def export_rows(self, provenance: bool = True) -> Iterator[dict[str, Any]]:
         """One dict per present image with a current annotation, streamed in path order.
 
         Keys: the CSV columns of artnote.export plus image_id, annotation_id,
@@ -413,7 +413,7 @@ class Catalog:
         """
         with self._read() as conn:
             states = reviews.review_states(conn)  # few next to images: held in memory
-            for row in queries.export_rows(conn):
+            for row in queries.export_rows(conn, provenance):
                 yield reviews.overlay(row, states.get(row["sha256"]))
 
     def status_counts(self) -> dict[str, int]:

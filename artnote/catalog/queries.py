@@ -113,7 +113,7 @@ def pending_images(
     ]
 
 
-def export_rows(conn: Connection) -> Iterator[dict[str, Any]]:
+def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
     a = annotations
     # Newest annotation of the content; the (sha256, id) index answers it per row.
     current = (
@@ -143,7 +143,7 @@ def export_rows(conn: Connection) -> Iterator[dict[str, Any]]:
             a.c.adapter,
             a.c.adapter_name,
             a.c.prompt_version,
-            a.c.provenance,
+            *([a.c.provenance] if provenance else []),  # JSON: parsing it per row is costly
             a.c.created_at,
         )
         .select_from(images)
