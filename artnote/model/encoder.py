@@ -58,6 +58,10 @@ class ImageEncoder(Protocol):
     def encode(self, pixel_inputs: dict[str, Any]) -> list[Any]: ...
 
 
+TILES_PER_CALL_CPU = 8  # images (LLaVA) or tiles (Idefics3) per ONNX Runtime call
+TILES_PER_CALL_CUDA = 64
+
+
 class OnnxUnavailable(ModelError):
     """ONNX Runtime cannot run this model's encoder here; the torch encoder is used."""
 
@@ -175,10 +179,18 @@ class OnnxEncoder:
         x = pixels.to(self.vision_dtype).to(self.device, self.export_dtype).contiguous()
         if x.shape[0] == 0:
             return torch.empty((0, *self.out_shape), dtype=self.loaded.dtype, device=self.device)
-        if self.device.type == "cuda":
-            return self._run_cuda(x).to(self.loaded.dtype)
-        out = self.session.run([self.output_name], {self.input_name: x.numpy()})[0]
-        return torch.from_numpy(out).to(self.loaded.dtype)
+        # A batch of 8 SmolVLM images is 100+ tiles: one ORT call would hold every tile's
+        # attention maps at once (GBs). Chunks keep memory flat at no cost in speed.
+        step = TILES_PER_CALL_CUDA if self.device.type == "cuda" else TILES_PER_CALL_CPU
+        parts = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start : start + step].contiguous()
+            if self.device.type == "cuda":
+                parts.append(self._run_cuda(chunk))
+            else:
+                out = self.session.run([self.output_name], {self.input_name: chunk.numpy()})[0]
+                parts.append(torch.from_numpy(out))
+        return torch.cat(parts).to(self.loaded.dtype)
 
     def _run_cuda(self, x: Any) -> Any:
         """IO binding: ORT reads and writes torch's GPU memory; nothing crosses to the host."""
