@@ -150,27 +150,19 @@ def check_export(rows: int, repeat: int) -> dict[str, Any]:
             with open(out, "w", encoding="utf-8", newline="") as f:
                 assert write_csv(catalog.export_rows(), f) == rows
 
-        cols = ", ".join(
-            f"a.{c}"
-            for c in (
-                "alt_text",
-                "description",
-                "dominant_emotion",
-                "amusement",
-                "awe",
-                "contentment",
-                "excitement",
-                "anger",
-                "disgust",
-                "fear",
-                "sadness",
-                "something_else",
-                "explanation",
-                "model",
-                "adapter",
-                "created_at",
-            )
+        from artnote.emotions import EMOTION_COLUMNS
+
+        text = (
+            "alt_text",
+            "description",
+            "dominant_emotion",
+            *EMOTION_COLUMNS,
+            "explanation",
+            "model",
+            "adapter",
+            "created_at",
         )
+        cols = ", ".join(f"a.{c}" for c in text)
         sql = (
             f"SELECT c.root || '/' || i.relpath, i.sha256, i.width, i.height, {cols} "
             "FROM images i JOIN collections c ON c.id = i.collection_id "

@@ -110,7 +110,10 @@ def build(shape: str, device: str, work: Path):
     dtype = resolve_dtype("auto", device)
     if spec["family"] == "llava" and device != "cuda":
         raise SystemExit("llava-1.5-7b needs a CUDA GPU (7B random weights are built on the GPU)")
-    config, processor = _config_and_processor(spec)
+    from artnote.model import tiny
+
+    tokenizer = tiny.family_tokenizer(spec["family"])
+    config, processor = tiny.config_and_processor(spec["family"], tokenizer, spec)
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
@@ -126,69 +129,6 @@ def build(shape: str, device: str, work: Path):
         device=torch.device(device),
         dtype=dtype,
     )
-
-
-def _config_and_processor(spec: dict[str, Any]):
-    from artnote.model import tiny
-
-    if spec["family"] == "llava":
-        from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
-
-        tok = tiny.train_tokenizer(["<image>"])
-        text = {
-            "model_type": "llama",
-            **spec["text"],
-            "pad_token_id": tok.pad_token_id,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-        }
-        config = LlavaConfig(
-            vision_config=spec["vision"],
-            text_config=text,
-            image_token_id=tok.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        size = spec["vision"]["image_size"]
-        processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor(
-                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-            ),
-            tokenizer=tok,
-            patch_size=spec["vision"]["patch_size"],
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=tiny.LLAVA_TEMPLATE,
-        )
-        return config, processor
-    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
-
-    tok = tiny.train_tokenizer(tiny.IDEFICS3_SPECIAL)
-    text = {
-        "model_type": "llama",
-        **spec["text"],
-        "pad_token_id": tok.pad_token_id,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-    }
-    config = Idefics3Config(
-        vision_config=spec["vision"],
-        text_config=text,
-        scale_factor=spec["scale_factor"],
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    processor = Idefics3Processor(
-        image_processor=Idefics3ImageProcessor(
-            do_image_splitting=True,
-            size={"longest_edge": spec["longest_edge"]},
-            max_image_size={"longest_edge": spec["tile"]},
-        ),
-        tokenizer=tok,
-        image_seq_len=spec["image_seq_len"],
-        chat_template=tiny.SMOLVLM_TEMPLATE,
-    )
-    return config, processor
 
 
 def make_collection(folder: Path, count: int) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from artnote.emotions import EMOTIONS
 from artnote.errors import ArtnoteError
@@ -67,12 +68,8 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    if family == "llava":
-        tokenizer = train_tokenizer(["<image>"])
-        config, processor = _llava(tokenizer)
-    else:
-        tokenizer = train_tokenizer(IDEFICS3_SPECIAL)
-        config, processor = _smolvlm(tokenizer)
+    tokenizer = family_tokenizer(family)
+    config, processor = config_and_processor(family, tokenizer, TINY_SHAPES[family])
     config.artnote_note = RANDOM_WEIGHTS_NOTE
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -128,31 +125,10 @@ def train_tokenizer(special: list[str]):
     )
 
 
-def _text_config(tokenizer) -> dict:
-    return {
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 1024,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": False,
-        # Wide enough logits that a frozen head can express a confident answer (real
-        # checkpoints have that range; the 0.02 default gives a near-uniform softmax).
-        "initializer_range": 0.25,
-    }
-
-
-def _llava(tokenizer):
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
-
-    config = LlavaConfig(
-        vision_config={
+# Tiny shapes of the two families; bench/scan_bench.py passes the real ones.
+TINY_SHAPES: dict[str, dict[str, Any]] = {
+    "llava": {
+        "vision": {
             "model_type": "clip_vision_model",
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -162,30 +138,21 @@ def _llava(tokenizer):
             "patch_size": 8,
             "projection_dim": 32,
         },
-        text_config=_text_config(tokenizer),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
-    )
-    return config, processor
-
-
-def _smolvlm(tokenizer):
-    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
-
-    config = Idefics3Config(
-        vision_config={
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "tie_word_embeddings": False,
+            # Wide enough logits that a frozen head can express a confident answer
+            # (real checkpoints have that range; 0.02 gives a near-uniform softmax).
+            "initializer_range": 0.25,
+        },
+    },
+    "smolvlm": {
+        "vision": {
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
@@ -193,25 +160,86 @@ def _smolvlm(tokenizer):
             "image_size": 32,
             "patch_size": 8,
         },
-        text_config=_text_config(tokenizer),
-        scale_factor=2,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "tie_word_embeddings": False,
+            "initializer_range": 0.25,
+        },
+        # Splitting on, as in SmolVLM: a large image becomes up to 2x2 tiles plus a
+        # global view, so batches really hold images with different token counts.
+        "scale_factor": 2,
+        "image_seq_len": 4,
+        "longest_edge": 64,
+        "tile": 32,
+    },
+}
+
+
+def config_and_processor(family: str, tokenizer, shape: dict[str, Any]):
+    """A transformers config and processor of `family` with the sizes in `shape`."""
+    text = {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        **shape["text"],
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = shape["vision"]
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    if family == "llava":
+        from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token_id,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        size = vision["image_size"]
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=vision["patch_size"],
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=LLAVA_TEMPLATE,
+        )
+        return config, processor
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=text,
+        scale_factor=shape["scale_factor"],
+        image_token_id=image_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    # Splitting on, as in SmolVLM: a large image becomes up to 2x2 tiles plus a
-    # global view, so batches really hold images with different token counts.
     image_processor = Idefics3ImageProcessor(
         do_image_splitting=True,
-        size={"longest_edge": 64},
-        max_image_size={"longest_edge": 32},
+        size={"longest_edge": shape["longest_edge"]},
+        max_image_size={"longest_edge": shape["tile"]},
     )
     processor = Idefics3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_len=4,
+        image_seq_len=shape["image_seq_len"],
         chat_template=SMOLVLM_TEMPLATE,
     )
     return config, processor
+
+
+def family_tokenizer(family: str):
+    return train_tokenizer(["<image>"] if family == "llava" else IDEFICS3_SPECIAL)
 
 
 def describe_tiny(path: Path) -> dict:
