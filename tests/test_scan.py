@@ -237,3 +237,65 @@ def test_help_and_status_start_fast_without_torch(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr
         assert time.monotonic() - start < 1.0, args
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_was_committed_and_the_next_scan_resumes(
+    tiny_models, onnx_cache, tmp_path
+):
+    import signal
+
+    from PIL import Image
+
+    from artnote.catalog import open_catalog
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(48):
+        Image.new("RGB", (40 + i, 30), (5 * i, 255 - 5 * i, 100)).save(folder / f"{i:02d}.png")
+    db = tmp_path / "c.db"
+    env = {
+        **os.environ,
+        "ARTNOTE_CACHE_DIR": str(onnx_cache),
+        "HF_HUB_OFFLINE": "1",
+        "ARTNOTE_GENERATION_DESCRIPTION_TOKENS": "16",
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "artnote.cli",
+        "scan",
+        str(folder),
+        "--catalog",
+        str(db),
+        "--model",
+        str(tiny_models["smolvlm"]),
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    catalog = open_catalog(db) if db.exists() else None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if catalog is None and db.exists():
+            catalog = open_catalog(db)
+        if catalog is not None and catalog.status_counts()["annotated"] >= 4:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    done = catalog.status_counts()["annotated"]
+    assert 4 <= done < 48
+    with catalog.engine.connect() as conn:
+        outcomes = [r[0] for r in conn.exec_driver_sql("SELECT outcome FROM runs")]
+    assert outcomes == ["interrupted"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    counts = catalog.status_counts()
+    assert counts["annotated"] == 48 and counts["pending"] == 0
+    with catalog.engine.connect() as conn:
+        total = conn.exec_driver_sql("SELECT count(*), count(DISTINCT sha256) FROM annotations")
+        assert tuple(total.one()) == (48, 48)  # nothing annotated twice
