@@ -156,3 +156,12 @@ def test_metrics_against_known_values():
     assert 0 < m["bleu1"] < 1 and m["bleu4"] < m["bleu1"]
     e = emotion_metrics([[math.log(0.9), math.log(0.1)]], [[1.0, 0.0]])
     assert e["emotion_accuracy"] == 1.0 and e["emotion_ce"] == pytest.approx(-math.log(0.9))
+
+
+def test_an_explanation_alone_is_asked_with_the_current_emotion():
+    only = CuratedImage(
+        "p", "s", explanation="It makes me feel awe because of the sky.", dominant_emotion="awe"
+    )
+    (sample,) = samples_from([only])
+    assert sample.field == "explanation" and sample.dominant == "awe"
+    assert samples_from([CuratedImage("p", "s", explanation="no emotion known")]) == []

@@ -70,6 +70,7 @@ def finetune(
             description=c.get("description"),
             explanation=c.get("explanation"),
             emotions=c.get("emotions"),
+            dominant_emotion=c.get("dominant_emotion"),
         )
         for c in cat.curated()
     ]

@@ -30,6 +30,7 @@ class CuratedImage:
     description: str | None = None
     explanation: str | None = None
     emotions: dict[str, float] | None = None  # a distribution (one-hot for a single label)
+    dominant_emotion: str | None = None  # the current one, when emotions were not curated
     extra: dict = field(default_factory=dict)
 
 
@@ -37,6 +38,7 @@ def samples_from(images: list[CuratedImage]) -> list[Sample]:
     out: list[Sample] = []
     for im in images:
         dominant = max(im.emotions, key=im.emotions.get) if im.emotions else ""
+        dominant = dominant or im.dominant_emotion or ""
         for name in TEXT_FIELDS:
             text = getattr(im, name)
             if text:

@@ -131,6 +131,7 @@ def curated(conn: Connection) -> list[dict[str, Any]]:
                 images.c.sha256,
                 collections.c.root,
                 images.c.relpath,
+                annotations.c.dominant_emotion,
                 *(annotations.c[c] for c in (*TEXT_FIELDS, *EMOTION_COLUMNS)),
             )
             .join(collections, collections.c.id == images.c.collection_id)
@@ -146,7 +147,11 @@ def curated(conn: Connection) -> list[dict[str, Any]]:
             seen.add(sha)
             state = states[sha]
             values = overlay(dict(row), state)
-            item: dict[str, Any] = {"sha256": sha, "path": image_path(row["root"], row["relpath"])}
+            item: dict[str, Any] = {
+                "sha256": sha,
+                "path": image_path(row["root"], row["relpath"]),
+                "dominant_emotion": values.get("dominant_emotion"),  # current, for prompts
+            }
             chosen = (
                 (*TEXT_FIELDS, "emotion")
                 if state.status == "approved"

@@ -25,6 +25,7 @@ from typing import Any
 
 from artnote.config import GenerationSettings, Settings
 from artnote.emotions import EMOTIONS
+from artnote.errors import ModelError
 from artnote.model import inputs, prompts
 from artnote.model.encoder import ImageEncoder, make_encoder
 from artnote.model.families import language_model
@@ -65,7 +66,9 @@ class Annotator:
         for field in ("alt_text", "description", "emotion"):
             parts = inputs.field_parts(proc, field)
             if parts.prefix != self.prefix:
-                raise ValueError("prompt prefixes differ between fields")
+                raise ModelError(
+                    "the chat template puts text before the image; cannot share a prefix"
+                )
             self.suffixes[field] = inputs.suffix_ids(self.tokenizer, parts)
         self.explain_suffix = {
             e: inputs.suffix_ids(self.tokenizer, inputs.field_parts(proc, "explanation", e))
