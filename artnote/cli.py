@@ -391,6 +391,51 @@ def adapters_list(
         _err("no adapters yet: run artnote finetune")
 
 
+catalog_app = typer.Typer(
+    cls=_Group, help="Look after the catalog: backups and checks.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("backup")
+def catalog_backup(
+    file: Annotated[Path, typer.Argument(help="File to write the copy to.")],
+    force: Annotated[bool, typer.Option(help="Overwrite FILE if it exists.")] = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy a SQLite catalog to FILE as of one moment, safely even while a scan writes to it."""
+    from artnote.catalog.maintenance import backup_catalog
+
+    settings = _settings(config, catalog={"url": catalog})
+    report = backup_catalog(settings.catalog.url, file, force=force)
+    counts = ", ".join(f"{n} {table}" for table, n in report.counts.items())
+    _err(f"backed up {report.source} to {report.path} in {report.seconds:.1f} s ({counts})")
+
+
+@catalog_app.command("check")
+def catalog_check(
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run SQLite's integrity and foreign-key checks (changes nothing); exit 1 on problems."""
+    from dataclasses import asdict
+
+    from artnote.catalog.maintenance import check_catalog
+
+    report = check_catalog(_settings(config, catalog={"url": catalog}).catalog.url)
+    if json_out:
+        typer.echo(json.dumps({"ok": report.ok, **asdict(report)}))
+    else:
+        typer.echo(f"catalog: {report.where}")
+        typer.echo(f"schema revision: {', '.join(report.revisions) or 'none'}")
+        for line in report.problems():
+            typer.echo(line)
+        typer.echo("ok" if report.ok else f"{len(report.problems())} problem(s) found")
+    raise typer.Exit(0 if report.ok else EXIT_ERROR)
+
+
 @models_app.command("tiny")
 def models_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],

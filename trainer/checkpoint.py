@@ -89,9 +89,14 @@ def _optimizer_tensors(
 def load_optimizer_state(
     folder: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer
 ) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    path = folder / "optimizer.safetensors"
+    try:
+        tensors = load_file(str(path))  # safetensors: no pickle, no code
+    except (OSError, SafetensorError) as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from None
     params = dict(loaded.model.named_parameters())
     for key, tensor in tensors.items():
         name, _, slot = key.partition("::")

@@ -5,10 +5,16 @@ a 30 s busy timeout, foreign keys on, and write transactions that take the
 write lock up front (BEGIN IMMEDIATE). Without the last, two writers that both
 began by reading deadlock on lock upgrade and one fails at once with
 "database is locked" instead of waiting its turn.
+
+WAL needs shared memory that every process sees, which network filesystems
+(NFS, SMB/CIFS, 9p, sshfs...) do not give: there it can corrupt the catalog.
+A catalog on one of those uses the rollback journal instead (one warning).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +34,8 @@ from sqlalchemy.exc import (
 )
 
 from artnote.errors import CatalogError
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
 # Execution option naming the BEGIN flavour; only our own constants ever go in it.
@@ -75,11 +83,81 @@ def create_catalog_engine(url_or_path: str | Path, *, write: bool = False) -> En
     except (ArgumentError, SQLAlchemyError, ImportError) as exc:
         raise CatalogError(f"cannot open catalog {display_url(url)}: {exc}") from None
     if url.get_backend_name() == "sqlite":
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, sqlite_journal_mode(url.database))
     return engine.execution_options(**WRITE_OPTIONS) if write else engine
 
 
-def _tune_sqlite(engine: Engine) -> None:
+# Filesystems where several processes cannot share SQLite's WAL index safely
+# (https://sqlite.org/wal.html: "WAL does not work over a network filesystem").
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "9p", "afs", "ncpfs", "coda",
+        "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "davfs", "drvfs", "vboxsf",
+        "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse",
+        "fuse.cephfs", "fuse.juicefs",
+    }
+)  # fmt: skip
+_warned: set[str] = set()
+
+
+def read_mount_table() -> str | None:
+    """The text of /proc/self/mountinfo (Linux), or None where there is none."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def filesystem_type(path: str | Path) -> str | None:
+    """The type of the filesystem holding `path` (e.g. 'ext4', 'nfs4'); None when unknown."""
+    table = read_mount_table()
+    if not table:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in table.splitlines():
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue  # not a mountinfo line
+        point = _unescape(fields[4])
+        fstype = fields[fields.index("-", 5) + 1]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the innermost (and last) mount wins
+            best, best_type = point, fstype
+    return best_type
+
+
+def sqlite_journal_mode(database: str | None) -> str:
+    """WAL, except for a catalog file on a network filesystem: DELETE (rollback journal)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return "WAL"
+    folder = Path(database).expanduser().absolute().parent
+    fstype = filesystem_type(folder)
+    if fstype is None or fstype.lower() not in NETWORK_FILESYSTEMS:
+        return "WAL"
+    if database not in _warned:
+        _warned.add(database)
+        log.warning(
+            "catalog %s is on a network filesystem (%s), where SQLite's WAL mode can corrupt "
+            "it: using a rollback journal instead (slower; let one machine write at a time)",
+            database,
+            fstype,
+        )
+    return "DELETE"
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in paths as octal escapes.
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _tune_sqlite(engine: Engine, journal_mode: str) -> None:
+    # With a rollback journal, synchronous=NORMAL can lose the file on a power cut.
+    synchronous = "NORMAL" if journal_mode == "WAL" else "FULL"
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         # Take BEGIN away from the sqlite3 module so that we choose its flavour below
@@ -87,11 +165,12 @@ def _tune_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # busy_timeout first: switching the journal mode may wait for other processes.
             cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute(f"PRAGMA journal_mode={journal_mode}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            # Safe with WAL (a power cut loses at most the last commits, never the file).
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # With WAL a power cut loses at most the last commits, never the file.
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
         finally:
             cursor.close()
 
