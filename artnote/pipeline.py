@@ -41,6 +41,7 @@ class ScanSummary:
     seconds: float = 0.0
     outcome: str = "completed"  # completed | interrupted
     failures: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # folders it could not read
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds
 
     @property
@@ -51,7 +52,7 @@ class ScanSummary:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("failures", "stages")
+            if f.name not in ("failures", "problems", "stages")
         }
         out["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         out["images_per_s"] = round(self.images_per_s, 3)
@@ -119,7 +120,10 @@ def scan(
     summary.seconds = time.perf_counter() - start
     summary.failures = catalog.failures()
     summary.failed = len(summary.failures)
-    catalog.finish_run(run_id, summary.outcome, summary.counts())
+    catalog.finish_run(run_id, summary.outcome, summary.counts(), summary.problems)
+    if summary.problems:  # kept with the run: now listed as the latest run's problems
+        summary.failures = catalog.failures()
+        summary.failed = len(summary.failures)
     return summary
 
 
@@ -165,6 +169,7 @@ def _discover(root, collection, run_id, settings, catalog, summary) -> bool:
     returned = [k.image_id for k in known.values() if k.status == "missing" and k.image_id in seen]
     if returned:
         catalog.touch_seen(run_id, returned)
+    summary.problems = [(p.abspath, p.reason) for p in plan.problems if p.is_dir]
     unreadable = tuple(d.rstrip("/") + "/" for d in plan.unreadable_dirs)
     gone = [
         k.image_id
