@@ -218,7 +218,12 @@ def _read_dir(
         try:
             info = entry.stat()  # the one system call per file
         except OSError as exc:
-            reason = "broken symbolic link" if entry.is_symlink() else _reason(exc, "file")
+            if exc.errno == errno.ELOOP:
+                reason = "symbolic link loop"
+            elif entry.is_symlink():
+                reason = "broken symbolic link"
+            else:
+                reason = _reason(exc, "file")
             problems.append(ScanProblem(prefix + name, base + name, reason))
             continue
         if S_ISREG(info.st_mode):
@@ -313,5 +318,5 @@ def _reason(exc: OSError, what: str) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied"
     if exc.errno == errno.ELOOP:
-        return "too many levels of symbolic links"
+        return "symbolic link loop"
     return exc.strerror or str(exc)

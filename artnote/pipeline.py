@@ -236,9 +236,10 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
             failures += model_failures
             tick = time.perf_counter()
             catalog.record_failures(failures)
-            catalog.add_annotations(run_id, annotations, meta=meta)
+            stored = catalog.add_annotations(run_id, annotations, meta=meta, only_new=fresh_only)
             stages["catalog"] += time.perf_counter() - tick
-            summary.annotated += len(annotations)
+            summary.annotated += len(stored)
+            summary.duplicates += len(annotations) - len(stored)
             bar.update(len(batch))
     finally:
         decode.close()

@@ -240,3 +240,16 @@ def test_alt_text_is_cut_at_a_word_and_flagged():
     alt, cut = clean_alt_text(text + "\nsecond line")
     assert cut and len(alt) <= 125 and alt.endswith("…") and " very…" in alt
     assert clean_alt_text("Short one.\nMore") == ("Short one.", False)
+
+
+def test_pickled_model_weights_are_refused(tiny_models, tmp_path):
+    import shutil
+
+    from artnote.errors import ModelError
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models["llava"], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickled weights"):
+        load_model(ModelSettings(name=str(folder), device="cpu"))

@@ -301,11 +301,14 @@ class Catalog:
         run_id: int | None,
         items: Sequence[tuple[int, Annotation]],
         meta: Mapping[int, ImageMeta] | None = None,
+        only_new: bool = False,
     ) -> list[int]:
         """Store annotations of the files with these ids; return the new annotation ids.
 
         Each annotation belongs to its file's content: every image with that
         sha256 becomes 'annotated', and learns `meta` (size, format, mode) when given.
+        With `only_new`, contents that gained an annotation meanwhile (a concurrent
+        scan) are skipped, checked under the write lock: never two rows for one content.
         """
         if not items:
             return []
@@ -315,12 +318,20 @@ class Catalog:
             for chunk in chunks([image_id for image_id, _ in items]):
                 stmt = select(images.c.id, images.c.sha256).where(images.c.id.in_(chunk))
                 sha_of.update((i, s) for i, s in conn.execute(stmt))
+            known = {s for s in sha_of.values() if s}
+            taken = queries.annotated_contents(conn, known) if only_new else set()
             rows = []
             for image_id, annotation in items:
                 sha = sha_of.get(image_id)
                 if sha is None:
                     raise ValueError(f"image {image_id} is not in the catalog or was never hashed")
+                if sha in taken:
+                    continue
                 rows.append(_annotation_row(annotation, sha, image_id, run_id, now))
+                if only_new:
+                    taken.add(sha)
+            if not rows:
+                return []
             stmt = insert(annotations).returning(annotations.c.id, sort_by_parameter_order=True)
             new_ids = [int(i) for (i,) in conn.execute(stmt, rows)]
             for chunk in chunks(sorted({r["sha256"] for r in rows})):

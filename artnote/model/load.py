@@ -73,7 +73,8 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     local = Path(settings.name).expanduser().is_dir()
     if not local:
         kwargs["local_files_only"] = _must_stay_offline(settings.name)
-    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    # Weights only from safetensors: a pickled .bin checkpoint can run code when loaded.
+    model_kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     quantization = _quantization_config(settings.quantization, device, dtype)
     if quantization is not None:
         model_kwargs.update(quantization_config=quantization, device_map={"": 0})
@@ -82,6 +83,12 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         processor = AutoProcessor.from_pretrained(name, **kwargs)
         model = AutoModelForImageTextToText.from_pretrained(name, **kwargs, **model_kwargs)
     except (OSError, ValueError) as exc:
+        if "safetensors" in str(exc).lower() and _has_pickled_weights(name, local):
+            raise ModelError(
+                f"model {settings.name!r} has only pickled weights (.bin); artnote loads "
+                "safetensors only, because unpickling can run code: convert it with "
+                "save_pretrained(safe_serialization=True) on a trusted machine"
+            ) from exc
         if local or _looks_missing(exc):
             raise ModelNotFoundError(_how_to_get(settings.name, local)) from exc
         raise ModelError(f"cannot load model {settings.name!r}: {_first_line(exc)}") from exc
@@ -193,6 +200,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(result and result[0])
+
+
+def _has_pickled_weights(name: str, local: bool) -> bool:
+    if local:
+        return any(Path(name).glob("*.bin")) or any(Path(name).glob("*.pt"))
+    return True  # a hub checkpoint that failed on safetensors: say why, not "not found"
 
 
 def _looks_missing(exc: BaseException) -> bool:
