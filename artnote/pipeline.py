@@ -9,6 +9,7 @@ most the batch in flight, and the next scan picks up what is still pending.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -38,6 +39,7 @@ class ScanSummary:
     duplicates: int = 0  # new files whose content was already (or is now) annotated
     failed: int = 0  # files that could not be read, with a reason each
     missing: int = 0  # files gone from disk since the last scan
+    changed_during_scan: int = 0  # rewritten after hashing: left for the next scan
     seconds: float = 0.0
     outcome: str = "completed"  # completed | interrupted
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -223,6 +225,9 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
             for item, result in zip(batch, decoded, strict=True):
                 if item.sha256 in done:
                     continue
+                if result is CHANGED:
+                    summary.changed_during_scan += 1
+                    continue
                 if isinstance(result, ImageError):
                     failures.append((item.image_id, str(result)))
                 else:
@@ -286,9 +291,13 @@ class _Decoder:
 
     def _one(self, item: PendingImage) -> Any:
         try:
-            return decode_image(
+            if not _unchanged(item):
+                return CHANGED
+            decoded = decode_image(
                 Path(item.path), max_pixels=self.max_pixels, target_size=self.target
             )
+            # Rewritten while we read it? Its pixels may not be the content that was hashed.
+            return decoded if _unchanged(item) else CHANGED
         except ImageError as exc:
             return exc
 
@@ -307,11 +316,26 @@ class _Decoder:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+# A file rewritten after it was hashed: its pixels are not the hashed content, so it is
+# left pending; the next scan sees the new size/mtime, hashes it again and annotates it.
+CHANGED = object()
+
+
+def _unchanged(item: PendingImage) -> bool:
+    if item.size < 0:
+        return True
+    try:
+        st = os.stat(item.path)
+    except OSError:
+        return True  # let the decoder report the reason
+    return (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
+
+
 BUCKET_WINDOW = 2  # batches decoded and sorted together (two windows are in memory)
 
 
 def _shape_key(result: Any) -> float:
-    if isinstance(result, ImageError):
+    if isinstance(result, ImageError) or result is CHANGED:
         return -1.0
     return round(result.image.width / max(1, result.image.height), 1)
 

@@ -299,3 +299,20 @@ def test_ctrl_c_keeps_what_was_committed_and_the_next_scan_resumes(
     with catalog.engine.connect() as conn:
         total = conn.exec_driver_sql("SELECT count(*), count(DISTINCT sha256) FROM annotations")
         assert tuple(total.one()) == (48, 48)  # nothing annotated twice
+
+
+def test_a_file_rewritten_after_hashing_is_left_for_the_next_scan(tmp_path, art_paths):
+    from artnote.catalog.rows import PendingImage
+    from artnote.pipeline import CHANGED, _Decoder
+
+    path = tmp_path / "a.jpg"
+    shutil.copy(art_paths[0], path)
+    st = path.stat()
+    item = PendingImage(1, str(path), "a.jpg", "0" * 64, st.st_size, st.st_mtime_ns)
+    decoder = _Decoder(max_pixels=10**9, target=64, workers=1)
+    try:
+        assert decoder._one(item) is not CHANGED
+        shutil.copy(art_paths[1], path)  # new bytes: not the content that was hashed
+        assert decoder._one(item) is CHANGED
+    finally:
+        decoder.close()

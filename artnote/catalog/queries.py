@@ -101,15 +101,22 @@ def pending_images(
     # The lowest id stands for its content: duplicates are fed to the model once.
     firsts = select(func.min(images.c.id)).where(*conditions).group_by(images.c.sha256)
     stmt = (
-        select(images.c.id, collections.c.root, images.c.relpath, images.c.sha256)
+        select(
+            images.c.id,
+            collections.c.root,
+            images.c.relpath,
+            images.c.sha256,
+            images.c.size,
+            images.c.mtime_ns,
+        )
         .join(collections, collections.c.id == images.c.collection_id)
         .where(images.c.id.in_(firsts))
         .order_by(images.c.relpath)
         .limit(limit)
     )
     return [
-        PendingImage(image_id, image_path(root, relpath), relpath, sha256)
-        for image_id, root, relpath, sha256 in conn.execute(stmt)
+        PendingImage(image_id, image_path(root, relpath), relpath, sha256, size, mtime_ns)
+        for image_id, root, relpath, sha256, size, mtime_ns in conn.execute(stmt)
     ]
 
 

@@ -53,6 +53,8 @@ class PendingImage:
     path: str  # absolute
     relpath: str
     sha256: str
+    size: int = -1  # as hashed: the decoder skips a file that changed since
+    mtime_ns: int = -1
 
 
 @dataclass(frozen=True, slots=True)
