@@ -120,15 +120,22 @@ def pending_images(
     ]
 
 
-def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
-    a = annotations
-    # Newest annotation of the content; the (sha256, id) index answers it per row.
-    current = (
-        select(func.max(a.c.id))
-        .where(a.c.sha256 == images.c.sha256)
+def current_annotation_id() -> Any:
+    """Correlated subquery: the id of the newest annotation of an image row's content.
+
+    The (sha256, id) index answers it per row without touching the table.
+    """
+    return (
+        select(func.max(annotations.c.id))
+        .where(annotations.c.sha256 == images.c.sha256)
         .correlate(images)
         .scalar_subquery()
     )
+
+
+def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
+    a = annotations
+    current = current_annotation_id()
     stmt = (
         select(
             images.c.id.label("image_id"),

@@ -17,7 +17,14 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, func, insert, select
 
 from artnote.catalog.models import Adapter, Review, utcnow
-from artnote.catalog.queries import annotations, chunks, collections, image_path, images
+from artnote.catalog.queries import (
+    annotations,
+    chunks,
+    collections,
+    current_annotation_id,
+    image_path,
+    images,
+)
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 
 reviews = cast(Table, Review.__table__)
@@ -120,12 +127,7 @@ def curated(conn: Connection) -> list[dict[str, Any]]:
         return []
     out = []
     for chunk in chunks(sorted(states)):
-        current = (
-            select(func.max(annotations.c.id))
-            .where(annotations.c.sha256 == images.c.sha256)
-            .correlate(images)
-            .scalar_subquery()
-        )
+        current = current_annotation_id()
         stmt = (
             select(
                 images.c.sha256,
@@ -182,12 +184,7 @@ def record_reviews(
     ids = sorted({i for i, *_ in items})
     facts: dict[int, tuple[str, int | None]] = {}
     for chunk in chunks(ids):
-        current = (
-            select(func.max(annotations.c.id))
-            .where(annotations.c.sha256 == images.c.sha256)
-            .correlate(images)
-            .scalar_subquery()
-        )
+        current = current_annotation_id()
         stmt = select(images.c.id, images.c.sha256, current).where(images.c.id.in_(chunk))
         facts.update((i, (sha, ann)) for i, sha, ann in conn.execute(stmt))
     rows = []

@@ -125,6 +125,19 @@ def train_tokenizer(special: list[str]):
     )
 
 
+_TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+    # Wide enough logits that a frozen head can express a confident answer
+    # (real checkpoints have that range; 0.02 gives a near-uniform softmax).
+    "initializer_range": 0.25,
+}
+
 # Tiny shapes of the two families; bench/scan_bench.py passes the real ones.
 TINY_SHAPES: dict[str, dict[str, Any]] = {
     "llava": {
@@ -138,18 +151,7 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
             "patch_size": 8,
             "projection_dim": 32,
         },
-        "text": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            "tie_word_embeddings": False,
-            # Wide enough logits that a frozen head can express a confident answer
-            # (real checkpoints have that range; 0.02 gives a near-uniform softmax).
-            "initializer_range": 0.25,
-        },
+        "text": _TINY_TEXT,
     },
     "smolvlm": {
         "vision": {
@@ -160,16 +162,7 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
             "image_size": 32,
             "patch_size": 8,
         },
-        "text": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            "tie_word_embeddings": False,
-            "initializer_range": 0.25,
-        },
+        "text": _TINY_TEXT,
         # Splitting on, as in SmolVLM: a large image becomes up to 2x2 tiles plus a
         # global view, so batches really hold images with different token counts.
         "scale_factor": 2,
