@@ -120,13 +120,19 @@ def scan(
         catalog.finish_run(run_id, "failed", summary.counts())
         raise
     summary.seconds = time.perf_counter() - start
-    summary.failures = catalog.failures()
+    summary.failures = _failures_under(catalog, root)
     summary.failed = len(summary.failures)
     catalog.finish_run(run_id, summary.outcome, summary.counts(), summary.problems)
     if summary.problems:  # kept with the run: now listed as the latest run's problems
-        summary.failures = catalog.failures()
+        summary.failures = _failures_under(catalog, root)
         summary.failed = len(summary.failures)
     return summary
+
+
+def _failures_under(catalog: Catalog, root: Path) -> list[tuple[str, str]]:
+    """This folder's unreadable files: another collection's failures are not this scan's."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return [(p, r) for p, r in catalog.failures() if p.startswith(prefix) or p == str(root)]
 
 
 def resolve_adapter(catalog: Catalog, choice: str | None) -> tuple[Path | None, str | None]:

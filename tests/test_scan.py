@@ -316,3 +316,15 @@ def test_a_file_rewritten_after_hashing_is_left_for_the_next_scan(tmp_path, art_
         assert decoder._one(item) is CHANGED
     finally:
         decoder.close()
+
+
+def test_another_folders_failures_do_not_fail_this_scan(cli, art_paths, tmp_path):
+    bad, good = tmp_path / "a", tmp_path / "b"
+    bad.mkdir()
+    good.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    shutil.copy(art_paths[0], good / art_paths[0].name)
+    cli("scan", bad, "--quiet", code=3)
+    result = cli("scan", good, code=0)
+    assert "0 failed" in result.stderr
+    assert json.loads(cli("status", "--json").stdout)["failed"] == 1
