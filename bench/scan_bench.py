@@ -98,9 +98,16 @@ def build(shape: str, device: str, work: Path):
 
     from artnote.config import ModelSettings
     from artnote.model.families import family_for
-    from artnote.model.load import LoadedModel, load_model, quiet_transformers, resolve_dtype
+    from artnote.model.load import (
+        LoadedModel,
+        load_model,
+        native_gqa,
+        quiet_transformers,
+        resolve_dtype,
+    )
 
     quiet_transformers()
+    native_gqa()  # as load_model does; the naive run shares it
     if shape == "tiny":
         from artnote.model.tiny import build_tiny_model
 

@@ -253,3 +253,76 @@ def test_pickled_model_weights_are_refused(tiny_models, tmp_path):
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(ModelError, match="pickled weights"):
         load_model(ModelSettings(name=str(folder), device="cpu"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_fields_decode_what_generate_decodes_alone(tiny_models, art_images, family):
+    """Each field, decoded as a branch packed beside the others, equals model.generate on
+    that field's own prompt (prefix + suffix, batch 1, pixels): same greedy tokens."""
+    loaded = _load(tiny_models[family])
+    tokens = 8
+    gen = GenerationSettings(
+        alt_text_tokens=tokens,
+        description_tokens=tokens,
+        explanation_tokens=tokens,
+        min_new_tokens=tokens,
+    )
+    annotator = Annotator(loaded, gen)
+    assert any(len(ids) > 1 for ids in annotator.label_ids)  # the label branches are exercised
+    images = art_images[:2]
+    got = annotator.annotate(images)
+    proc = loaded.processor
+    nested = loaded.family.name == "idefics3"
+    for image, ann in zip(images, got, strict=True):
+        for field in ("alt_text", "description", "explanation"):
+            emotion = ann.dominant_emotion if field == "explanation" else None
+            parts = inputs.field_parts(proc, field, emotion)
+            enc = proc(
+                text=[parts.prefix + parts.suffix],
+                images=[[image]] if nested else [image],
+                return_tensors="pt",
+            )
+            with torch.no_grad():
+                out = loaded.model.generate(
+                    **enc,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    pad_token_id=proc.tokenizer.pad_token_id,
+                    eos_token_id=sorted(annotator.eos_ids),  # the same end tokens as ours
+                )
+            new = out[0, enc["input_ids"].shape[1] :]
+            text = proc.tokenizer.decode(new, skip_special_tokens=True)
+            if field == "explanation":
+                want = f"It makes me feel {emotion} because {text.strip()}"
+                assert " ".join(ann.explanation.split()) == " ".join(want.split())
+            elif field == "alt_text":
+                assert ann.alt_text == clean_alt_text(text)[0]
+            else:
+                assert ann.description == " ".join(text.split())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_multi_token_labels_are_scored_apart(tiny_models, art_images, family):
+    """Labels of several tokens (as real tokenizers split words) are packed side by side;
+    each must score as if alone after the question."""
+    loaded = _load(tiny_models[family])
+    annotator = Annotator(loaded, SHORT)
+    gen = torch.Generator().manual_seed(0)
+    vocab = loaded.processor.tokenizer.vocab_size
+    annotator.label_ids = [
+        torch.randint(10, vocab, (1 + k % 3,), generator=gen).tolist() for k in range(9)
+    ]
+    image = art_images[0]
+    fast = annotator.emotion_logliks([image])[0]
+    parts = inputs.field_parts(loaded.processor, "emotion")
+    nested = [[image]] if loaded.family.name == "idefics3" else [image]
+    enc = loaded.processor(text=[parts.prefix + parts.suffix], images=nested, return_tensors="pt")
+    for k, label in enumerate(annotator.label_ids):
+        ids = torch.cat([enc["input_ids"], torch.tensor([label])], dim=1)
+        full = {**enc, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with torch.no_grad():
+            logp = torch.log_softmax(loaded.model(**full).logits[0].float(), dim=-1)
+        start = enc["input_ids"].shape[1] - 1
+        want = sum(logp[start + j, t] for j, t in enumerate(label))
+        assert abs(float(fast[k]) - float(want)) < 1e-4, (k, fast[k], want)

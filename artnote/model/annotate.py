@@ -6,13 +6,16 @@ For a batch of B images:
   3. the language model prefills the prefix once; its KV cache is the root of
      every field of that image;
   4. emotions are *scored*: the emotion question continues the cache, then the
-     nine label words are scored on 9B rows that share it; softmax of the nine
+     nine labels' words are scored in one more step; softmax of the nine
      sequence log-likelihoods is the distribution;
   5. alt text, description and explanation (grounded in the dominant emotion)
-     are decoded together on 3B rows branching from the same prefix cache;
-     finished rows leave the batch.
-Positions are computed from the attention mask, so left padding and padding
-between prefix and suffix do not change any row's result.
+     are decoded together, one token per field and step; finished fields and
+     finished images leave the batch.
+Fields and labels are branches of the prefix packed side by side in the image's
+own row (`_Tree`): a 4-D attention mask lets each branch see only the prefix,
+its ancestors and itself, and positions are counted along the branch, so the
+prefix's KV cache is never copied per field or label. Left padding and dead
+slots are seen by no token, so they do not change any result.
 """
 
 from __future__ import annotations
@@ -159,29 +162,34 @@ class Annotator:
         t0 = time.perf_counter()
         rows = mask.shape[0]
         device = mask.device
-        suffix = torch.tensor([self.suffixes["emotion"]] * rows, device=device)
-        cache = _new_cache(kv)
-        mask = torch.cat([mask, torch.ones_like(suffix)], dim=1)
-        hidden = self._forward(self.embed(suffix), mask, cache)
+        tree = _Tree(self, kv, mask)
+        question = tree.new_branch(parent=_PREFIX)
+        ids = torch.tensor([self.suffixes["emotion"]] * rows, device=device)
+        hidden = tree.extend(ids, question)
         first = torch.log_softmax(self.head(hidden[:, -1]).float(), dim=-1)
         loglik = torch.stack([first[:, ids[0]] for ids in self.label_ids], dim=1)
-        longest = max(len(ids) for ids in self.label_ids)
-        if longest > 1:
-            n = len(EMOTIONS)
-            width = longest - 1
-            feed = torch.full((n, width), self.pad_id, device=device)
-            target = torch.full((n, width), -1, device=device)
-            for k, ids in enumerate(self.label_ids):
-                feed[k, : len(ids) - 1] = torch.tensor(ids[:-1])
-                target[k, : len(ids) - 1] = torch.tensor(ids[1:])
-            feed, target = feed.repeat(rows, 1), target.repeat(rows, 1)  # row b*9+k
-            label_mask = (target >= 0).long()
-            cache = _new_cache(_kv(cache), repeat=n)
-            mask = torch.cat([mask.repeat_interleave(n, dim=0), label_mask], dim=1)
-            hidden = self._forward(self.embed(feed), mask, cache)
+        # Each label's later tokens: one branch per label after the question, all packed
+        # side by side in the image's own row (no copy of the prefix's cache per label).
+        feed, owner, pos, label, target = [], [], [], [], []
+        for k, ids in enumerate(self.label_ids):
+            if len(ids) > 1:
+                branch = tree.new_branch(parent=question)
+                feed += ids[:-1]
+                owner += [branch] * (len(ids) - 1)
+                pos += range(len(ids) - 1)
+                label += [k] * (len(ids) - 1)
+                target += ids[1:]
+        if feed:
+            positions = tree.after[question][:, None] + torch.tensor(pos, device=device)
+            hidden = tree.forward(
+                torch.tensor([feed] * rows, device=device),
+                torch.tensor([owner] * rows, device=device),
+                positions,
+            )
             logp = torch.log_softmax(self.head(hidden).float(), dim=-1)
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            loglik = loglik + (picked * label_mask).sum(dim=1).view(rows, n)
+            target_ids = torch.tensor(target, device=device).expand(rows, -1)
+            picked = logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+            loglik = loglik.index_add(1, torch.tensor(label, device=device), picked)
         self.stats["scoring"] += time.perf_counter() - t0
         return loglik
 
@@ -191,61 +199,79 @@ class Annotator:
         t0 = time.perf_counter()
         device = mask.device
         n = len(GEN_FIELDS)
-        suffixes, limits = [], []
         budget = {
             "alt_text": self.gen.alt_text_tokens,
             "description": self.gen.description_tokens,
             "explanation": self.gen.explanation_tokens,
         }
-        for emotion in dominant:
-            for field in GEN_FIELDS:
-                ids = (
-                    self.explain_suffix[emotion] if field == "explanation" else self.suffixes[field]
-                )
-                suffixes.append(ids)
-                limits.append(budget[field])
-        width = max(len(s) for s in suffixes)
-        feed = torch.full((len(suffixes), width), self.pad_id, device=device)
-        feed_mask = torch.zeros_like(feed)
-        for r, ids in enumerate(suffixes):  # pad on the left of the suffix: pads sit mid-sequence
-            feed[r, width - len(ids) :] = torch.tensor(ids)
-            feed_mask[r, width - len(ids) :] = 1
-        cache = _new_cache(kv, repeat=n)
-        mask = torch.cat([mask.repeat_interleave(n, dim=0), feed_mask], dim=1)
-        hidden = self._forward(self.embed(feed), mask, cache)
-        logits = self.head(hidden[:, -1]).float()
-        rows = torch.arange(len(suffixes), device=device)
-        limit = torch.tensor(limits, device=device)
-        generated: list[list[int]] = [[] for _ in suffixes]
+        tree = _Tree(self, kv, mask)
+        branches = [tree.new_branch(parent=_PREFIX) for _ in GEN_FIELDS]
+        # The three field prompts of a row, side by side after its prefix; a row whose
+        # prompts are shorter (the explanation names the emotion) gets dead slots first.
+        rows_suffixes = [
+            [self.explain_suffix[e] if f == "explanation" else self.suffixes[f] for f in GEN_FIELDS]
+            for e in dominant
+        ]
+        width = max(sum(map(len, row)) for row in rows_suffixes)
+        feed = torch.full((len(dominant), width), self.pad_id, device=device)
+        owner = torch.full_like(feed, _DEAD)
+        pos = torch.zeros_like(feed)
+        last = torch.zeros((len(dominant), n), dtype=torch.long, device=device)
+        for r, row in enumerate(rows_suffixes):
+            at = width - sum(map(len, row))
+            for j, ids in enumerate(row):
+                feed[r, at : at + len(ids)] = torch.tensor(ids)
+                owner[r, at : at + len(ids)] = branches[j]
+                pos[r, at : at + len(ids)] = torch.arange(len(ids))
+                at += len(ids)
+                last[r, j] = at - 1
+        hidden = tree.forward(feed, owner, tree.after[_PREFIX][:, None] + pos)
+        hidden = hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.head(hidden).float()  # (rows, fields, vocab)
+        next_pos = tree.after[_PREFIX][:, None] + pos.gather(1, last) + 1  # per row and field
+        limit = torch.tensor([budget[f] for f in GEN_FIELDS], device=device)
+        index = torch.arange(len(dominant), device=device)  # batch row -> image
+        live = torch.ones((len(dominant), n), dtype=torch.bool, device=device)
+        cols = list(range(n))  # fields still generating in some row
+        generated: list[list[list[int]]] = [[[] for _ in GEN_FIELDS] for _ in dominant]
         eos = torch.tensor(sorted(self.eos_ids), device=device)
         sampler = _Sampler(self.gen, device)
         step = 0
         while True:
             if step < self.gen.min_new_tokens and len(eos):
-                logits[:, eos] = float("-inf")
-            token = sampler(logits)
-            for r, t in zip(rows.tolist(), token.tolist(), strict=True):
-                if t not in self.eos_ids:
-                    generated[r].append(t)
+                logits[..., eos] = float("-inf")
+            token = sampler(logits.flatten(0, 1)).view(logits.shape[:2])
             step += 1
-            done = torch.isin(token, eos) | (step >= limit[rows])
-            if bool(done.all()):
+            wanted = live[:, cols]
+            for r, toks, keep in zip(index.tolist(), token.tolist(), wanted.tolist(), strict=True):
+                for j, t, k in zip(cols, toks, keep, strict=True):
+                    if k and t not in self.eos_ids:
+                        generated[r][j].append(t)
+            live[:, cols] = wanted & ~(torch.isin(token, eos) | (step >= limit[cols]))
+            if not bool(live.any()):
                 break
-            keep = (~done).nonzero().squeeze(1)
-            if len(keep) < len(rows):
-                rows, token, mask = rows[keep], token[keep], mask[keep]
-                cache = _new_cache([(k[keep], v[keep]) for k, v in _kv(cache)])
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            hidden = self._forward(self.embed(token[:, None]), mask, cache)
-            logits = self.head(hidden[:, -1]).float()
+            going = live.any(dim=1)
+            if not bool(going.all()):  # finished images leave the batch
+                keep = going.nonzero().squeeze(1)
+                tree.select(keep)
+                index, token, live, next_pos = index[keep], token[keep], live[keep], next_pos[keep]
+            still = [c for c, on in zip(cols, live[:, cols].any(dim=0).tolist()) if on]
+            if len(still) < len(cols):  # a field finished in every image: its column goes
+                token = token[:, [cols.index(c) for c in still]]
+                cols = still
+            owner = torch.tensor([branches[c] for c in cols], device=device).expand_as(token)
+            owner = torch.where(live[:, cols], owner, _DEAD)
+            hidden = tree.forward(token, owner, next_pos[:, cols])
+            next_pos[:, cols] += 1
+            logits = self.head(hidden).float()
         self.stats["generate"] += time.perf_counter() - t0
-        out = []
-        for i in range(len(dominant)):
-            texts = {}
-            for j, field in enumerate(GEN_FIELDS):
-                texts[field] = self.tokenizer.decode(generated[i * n + j], skip_special_tokens=True)
-            out.append(texts)
-        return out
+        return [
+            {
+                f: self.tokenizer.decode(generated[i][j], skip_special_tokens=True)
+                for j, f in enumerate(GEN_FIELDS)
+            }
+            for i in range(len(dominant))
+        ]
 
     def _forward(self, embeds, mask, cache):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
@@ -307,6 +333,79 @@ def load_annotator(
     )
 
 
+_PREFIX, _DEAD = 0, -1  # cache owners: the image prefix, and padding (seen by nobody)
+
+
+class _Tree:
+    """Branches of each row's prefix, packed side by side in the row's own KV cache.
+
+    Every cached token has an owner: the prefix (0), a branch (1, 2, ...) or
+    nobody (_DEAD: padding). A token sees, causally, the tokens of its own
+    branch and of the branch's ancestors, at positions counted along that path;
+    so each branch computes what it would alone after the prefix, while the
+    prefix's cache exists once per image instead of once per field or label.
+    """
+
+    def __init__(self, annotator: Annotator, kv, mask) -> None:
+        import torch
+
+        self.annotator = annotator
+        self.cache = _new_cache(kv)  # appending makes new tensors: the root is never changed
+        self.owner = torch.where(mask.bool(), _PREFIX, _DEAD)
+        self.parents: list[int | None] = [None]
+        self.after = {_PREFIX: mask.sum(dim=-1)}  # branch -> position after its last token
+
+    def new_branch(self, parent: int) -> int:
+        self.parents.append(parent)
+        return len(self.parents) - 1
+
+    def extend(self, ids, branch: int):
+        """Feed ids (rows, q), all of `branch`, right after its parent; their hidden states."""
+        import torch
+
+        start = self.after[self.parents[branch]]
+        positions = start[:, None] + torch.arange(ids.shape[1], device=ids.device)
+        self.after[branch] = start + ids.shape[1]
+        return self.forward(ids, torch.full_like(ids, branch), positions)
+
+    def forward(self, ids, owner, positions):
+        """Feed ids with their owners and positions (all (rows, q)); their hidden states."""
+        import torch
+
+        self.owner = torch.cat([self.owner, owner], dim=1)
+        q, kv = owner.shape[1], self.owner.shape[1]
+        count = len(self.parents)
+        sees = torch.zeros((count + 1, count + 1), dtype=torch.bool)  # the last is _DEAD
+        for b in range(count):
+            a: int | None = b
+            while a is not None:
+                sees[b, a] = True
+                a = self.parents[a]
+        sees[_DEAD, _PREFIX] = True  # padding queries need something to attend to
+        sees = sees.to(owner.device)
+        visible = sees[owner[:, :, None], self.owner[:, None, :]]
+        key = torch.arange(kv, device=owner.device)
+        query = torch.arange(kv - q, kv, device=owner.device)
+        allowed = visible & (key[None, :] <= query[:, None])
+        dtype = self.annotator.loaded.dtype
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=owner.device)
+        bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+        out = self.annotator.lm(
+            inputs_embeds=self.annotator.embed(ids),
+            attention_mask=bias[:, None],
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def select(self, rows) -> None:
+        """Keep only these rows (images whose fields are all done leave the batch)."""
+        self.cache = _new_cache([(k[rows], v[rows]) for k, v in _kv(self.cache)])
+        self.owner = self.owner[rows]
+        self.after = {b: a[rows] for b, a in self.after.items()}
+
+
 class _Sampler:
     """Greedy by default; temperature + top-p sampling from a seeded generator."""
 
@@ -335,12 +434,10 @@ def _kv(cache) -> list[tuple[Any, Any]]:
     return [(k, v) for k, v, *_ in cache]
 
 
-def _new_cache(kv: list[tuple[Any, Any]], repeat: int = 1):
-    """A fresh cache over existing tensors: branching never copies or mutates the root."""
+def _new_cache(kv: list[tuple[Any, Any]]):
+    """A fresh cache over existing tensors: appending to it never mutates the root."""
     from transformers import DynamicCache
 
-    if repeat > 1:
-        kv = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in kv]
     return DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
 
 

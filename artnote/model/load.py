@@ -59,6 +59,7 @@ def resolve_dtype(dtype: str, device: str):
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load processor and model; raise ModelNotFoundError with the fix when weights are missing."""
     quiet_transformers()
+    native_gqa()
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -242,6 +243,18 @@ def _how_to_get(name: str, local: bool) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def native_gqa() -> None:
+    """Let SDPA read grouped key/value heads as they are, also under an attention mask.
+
+    transformers otherwise copies every cached key and value once per query head
+    (repeat_kv) whenever a mask is given, which artnote always gives: that copy
+    was a third of decoding time for SmolVLM. torch's SDPA (enable_gqa) computes
+    the same attention without it. transformers reads this switch at each call;
+    a value the user set is kept.
+    """
+    os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
 
 def quiet_transformers() -> None:
