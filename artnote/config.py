@@ -28,6 +28,7 @@ class ModelSettings:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
     encoder: str = "onnx"  # onnx (ONNX Runtime, exported once per model, cached) | torch
+    encoder_precision: str = "auto"  # auto (int8 on CPU, full on CUDA) | full | int8 (CPU)
     trust_remote_code: bool = False  # run code shipped with a checkpoint: off unless you trust it
     adapter: str | None = None  # adapter name, folder, or "latest"; none by default
 
@@ -165,6 +166,7 @@ _CHOICES = {
     ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
     ("model", "quantization"): ("none", "8bit", "4bit"),
     ("model", "encoder"): ("onnx", "torch"),
+    ("model", "encoder_precision"): ("auto", "full", "int8"),
 }
 
 

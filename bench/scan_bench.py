@@ -195,7 +195,7 @@ def run_naive(loaded, paths: list[Path], tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def run_artnote(loaded, folder: Path, tokens: int, batch_size: int, work: Path):
+def run_artnote(loaded, folder: Path, tokens: int, batch_size: int, work: Path, precision: str):
     from artnote.catalog import open_catalog
     from artnote.config import Settings
     from artnote.model.annotate import Annotator
@@ -206,7 +206,9 @@ def run_artnote(loaded, folder: Path, tokens: int, batch_size: int, work: Path):
     g.alt_text_tokens = g.description_tokens = g.explanation_tokens = g.min_new_tokens = tokens
     settings.scan.batch_size = batch_size
     settings.scan.decode_workers = max(2, min(8, os.cpu_count() or 2))
-    annotator = Annotator(loaded, g, encoder="onnx")  # the one-time export happens here
+    settings.model.encoder_precision = precision
+    # The one-time export (and int8 copy) happen here, outside the timing.
+    annotator = Annotator(loaded, g, encoder="onnx", encoder_precision=precision)
     catalog = open_catalog(work / "bench.db")
     summary = scan(
         folder, settings, catalog, AnnotatorFactory(lambda: annotator), model_name=loaded.name
@@ -302,6 +304,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tokens", type=int, default=16, help="generated tokens per field")
     ap.add_argument("--batch-size", type=int, default=0, help="artnote batch (0: 8 CPU, 32 CUDA)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument(
+        "--encoder-precision",
+        choices=["auto", "full", "int8"],
+        default="auto",
+        help="artnote's [model] encoder_precision (default: artnote's default, auto)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -315,7 +323,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paths = make_collection(work / "collection", args.images)
         loaded = build(args.shape, device, work)
         naive_s = run_naive(loaded, paths, args.tokens)
-        summary, annotator = run_artnote(loaded, work / "collection", args.tokens, batch, work)
+        summary, annotator = run_artnote(
+            loaded, work / "collection", args.tokens, batch, work, args.encoder_precision
+        )
     if summary.annotated != args.images:
         raise SystemExit(f"artnote annotated {summary.annotated} of {args.images} images")
     result: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import pytest
 import torch
 
@@ -181,6 +182,40 @@ def test_quantized_projector_falls_back(tiny_models, monkeypatch, caplog):
 def test_unknown_encoder_is_a_config_error(tiny_models):
     with pytest.raises(ConfigError, match="onnx, torch"):
         make_encoder(_load(tiny_models["llava"]), "tensorrt")
+    with pytest.raises(ConfigError, match="auto, full, int8"):
+        make_encoder(_load(tiny_models["llava"]), "onnx", "fp8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_encoder_on_cpu_is_close_to_torch(tiny_models, art_images, onnx_cache, capfd, family):
+    loaded = _load(tiny_models[family])
+    encoder = make_encoder(loaded, "onnx", "auto")  # the default: int8 on the CPU
+    assert encoder.name == "onnx-int8"
+    int8_file = encoder.path.with_name(enc_mod.INT8_FILE)
+    ops = {node.op_type for node in onnx.load(str(int8_file)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops  # MatMul stays for Q.K^T
+    assert "quantizing the vision encoder to int8" in capfd.readouterr().err
+    pixels = _pixels(loaded, art_images)
+    want = torch.cat(TorchEncoder(loaded).encode(pixels))
+    got = torch.cat(encoder.encode(pixels))
+    error = float((got - want).norm() / want.norm())
+    assert 0 < error <= enc_mod.INT8_TOLERANCE, error  # quantized, and close
+    again = make_encoder(loaded, "onnx", "int8")
+    assert again.name == "onnx-int8" and "quantizing" not in capfd.readouterr().err
+    (annotation,) = Annotator(loaded, SHORT, encoder=again).annotate(art_images[:1])
+    assert annotation.provenance.encoder == "onnx-int8"
+    assert make_encoder(loaded, "onnx", "full").name == "onnx"
+
+
+def test_int8_copy_that_errs_too_much_is_not_used(tiny_models, monkeypatch, caplog):
+    loaded = _load(tiny_models["smolvlm"])
+    monkeypatch.setattr(enc_mod, "INT8_TOLERANCE", 1e-9)
+    encoder = make_encoder(loaded, "onnx", "auto")
+    assert isinstance(encoder, OnnxEncoder) and encoder.name == "onnx"
+    (warning,) = _fallback_warnings(caplog)
+    assert "int8 encoder not used" in warning.getMessage()
+    assert "relative error" in warning.getMessage()
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
@@ -196,3 +231,4 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 
 def test_default_setting_is_onnx():
     assert ModelSettings().encoder == "onnx"
+    assert ModelSettings().encoder_precision == "auto"

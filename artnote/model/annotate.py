@@ -47,10 +47,13 @@ class Annotator:
         encoder: ImageEncoder | str = "torch",
         adapter_hash: str | None = None,
         adapter_name: str | None = None,
+        encoder_precision: str = "full",
     ) -> None:
         self.loaded = loaded
         self.gen = generation or GenerationSettings()
-        self.encoder = make_encoder(loaded, encoder) if isinstance(encoder, str) else encoder
+        if isinstance(encoder, str):
+            encoder = make_encoder(loaded, encoder, encoder_precision)
+        self.encoder = encoder
         self.adapter_hash = adapter_hash
         self.adapter_name = adapter_name
         self.model = loaded.model
@@ -330,6 +333,7 @@ def load_annotator(
         encoder=settings.model.encoder,
         adapter_hash=adapter_hash,
         adapter_name=adapter_name,
+        encoder_precision=settings.model.encoder_precision,
     )
 
 

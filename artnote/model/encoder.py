@@ -12,7 +12,13 @@ tensors in full (ArtGPT-4 adapters retrain them) and a sample of every vision
 tensor (a local folder keeps its name when its weights change).
 
 Precision: on CPU the export is float32 (ORT's CPU kernels are float32 and it has
-no bf16), cast to the language model's dtype afterwards. On CUDA a bf16/fp16
+no bf16), cast to the language model's dtype afterwards. With `[model]
+encoder_precision = "auto"` (the default) or "int8", the CPU runs a copy whose
+MatMul weights are quantized to int8 per channel (ONNX Runtime's dynamic
+quantization, cached beside the float32 file): 1.7x faster on a 2-core AVX-512
+VNNI machine, at a relative error of about 3% on the embeddings. A copy that errs
+by more than INT8_TOLERANCE on the check tile is not used: the float32 file is,
+with one warning. "full" keeps the float32 (CPU) or float16 (CUDA) file. On CUDA a bf16/fp16
 model is exported in float16 (ORT's CUDA provider runs fp16 well and bf16 barely;
 bf16 pixels convert to fp16 exactly) and a float32 model in float32. Every session
 is compared once with the torch path on a random tile before it is trusted.
@@ -44,7 +50,10 @@ from artnote.model.load import LoadedModel
 log = logging.getLogger(__name__)
 
 ENCODER_KINDS = ("onnx", "torch")
+PRECISIONS = ("auto", "full", "int8")
 ONNX_FILE = "encoder.onnx"
+INT8_FILE = "encoder.int8.onnx"
+INT8_TOLERANCE = 0.1  # relative (Frobenius) error of int8 embeddings against torch's
 EXPORT_FORMAT = 2  # bump when the exported graph changes: old cached files are not reused
 OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
@@ -88,16 +97,20 @@ class TorchEncoder:
         return [f.reshape(-1, f.shape[-1]).to(self.loaded.dtype) for f in out.pooler_output]
 
 
-def make_encoder(loaded: LoadedModel, kind: str) -> ImageEncoder:
+def make_encoder(loaded: LoadedModel, kind: str, precision: str = "full") -> ImageEncoder:
     """`onnx` or `torch`; onnx falls back to torch, with one warning, where ORT cannot run."""
     if kind not in ENCODER_KINDS:
         raise ConfigError(
             f"[model] encoder must be one of {', '.join(ENCODER_KINDS)}, not {kind!r}"
         )
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"[model] encoder_precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+        )
     if kind == "torch":
         return TorchEncoder(loaded)
     try:
-        return OnnxEncoder(loaded)
+        return OnnxEncoder(loaded, precision)
     except Exception as exc:  # export and ORT fail in many ways; the torch path always works
         _warn_fallback(loaded, exc)
         return TorchEncoder(loaded)
@@ -106,16 +119,21 @@ def make_encoder(loaded: LoadedModel, kind: str) -> ImageEncoder:
 class OnnxEncoder:
     """The encoder path in ONNX Runtime: CUDA provider with IO binding, or CPU provider.
 
-    Also tells: path (the ONNX file), exported (this instance wrote it), provider.
+    Also tells: path (the ONNX file), exported (this instance wrote it), provider;
+    name is "onnx-int8" while the int8 copy runs.
     """
 
     name = "onnx"
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, precision: str = "full") -> None:
         import torch
 
         self.loaded = loaded
         self.device = loaded.device
+        cpu = self.device.type == "cpu"
+        if precision == "int8" and not cpu:
+            log.warning("encoder_precision int8 is for the CPU; the %s runs it in full", self.device)
+        self.int8 = cpu and precision in ("auto", "int8")
         self.torch = TorchEncoder(loaded)  # for batches the export cannot take (see encode)
         _provider(self.device)  # before exporting: without a provider the export is moot
         _check_supported(loaded)
@@ -134,7 +152,18 @@ class OnnxEncoder:
         self.path, self.exported = ensure_onnx(
             self.loaded, self.export_dtype, self.size, fingerprint
         )
-        self.session: Any = _session(self.path, self.device)
+        if self.int8:
+            try:
+                self._start(ensure_int8(self.path), int8=True)
+                self.name = "onnx-int8"
+                return
+            except Exception as exc:  # the float32 file is there and works: use it
+                log.warning("int8 encoder not used (%s); running it in full precision", _reason(exc))
+        self._start(self.path, int8=False)
+        self.name = "onnx"
+
+    def _start(self, path: Path, int8: bool) -> None:
+        self.session: Any = _session(path, self.device)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.provider = self.session.get_providers()[0]
@@ -142,7 +171,7 @@ class OnnxEncoder:
         if not all(isinstance(d, int) for d in dims):  # needed to preallocate bound outputs
             raise OnnxUnavailable(f"the exported encoder's output shape {dims} is not static")
         self.out_shape = tuple(dims)
-        self._self_check()
+        self._self_check(int8)
 
     def encode(self, pixel_inputs: dict[str, Any]) -> list[Any]:
         import torch
@@ -238,8 +267,13 @@ class OnnxEncoder:
             self.session = None
             self.name = "torch"  # provenance must say what really computed the embeddings
 
-    def _self_check(self) -> None:
-        """Compare one random tile with the torch path before trusting the session."""
+    def _self_check(self, int8: bool) -> None:
+        """Compare one random tile with the torch path before trusting the session.
+
+        Full precision is held to the largest difference (relative to the largest
+        value); int8 to the relative error over the whole output, since its
+        rounding spreads over every value.
+        """
         import torch
 
         tile = torch.rand((1, 3, *self.size), generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -250,9 +284,14 @@ class OnnxEncoder:
             pixel_inputs = {"pixel_values": tile[:, None], "pixel_attention_mask": mask}
         want = self.torch.encode(pixel_inputs)[0].float()
         got = self._run(tile)[0].reshape(want.shape).float()
-        exact = self.export_dtype == self.vision_dtype == torch.float32
-        error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
-        if not bool(torch.isfinite(got).all()) or error > (1e-3 if exact else 5e-2):
+        if int8:
+            error = float((got - want).norm() / want.norm().clamp(min=1e-12))
+            tolerance = INT8_TOLERANCE
+        else:
+            error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+            exact = self.export_dtype == self.vision_dtype == torch.float32
+            tolerance = 1e-3 if exact else 5e-2
+        if not bool(torch.isfinite(got).all()) or error > tolerance:
             raise OnnxUnavailable(f"ONNX output differs from torch's (relative error {error:.2g})")
 
 
@@ -332,6 +371,41 @@ def ensure_onnx(
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     _prune(folder.parent, prefix)
     return folder / ONNX_FILE, True
+
+
+def ensure_int8(path: Path) -> Path:
+    """The int8 copy of an exported encoder (MatMul weights per channel), made once, beside it."""
+    target = path.with_name(INT8_FILE)
+    if target.is_file():
+        return target
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise OnnxUnavailable(f"onnxruntime.quantization cannot be imported ({_reason(exc)})")
+    print("quantizing the vision encoder to int8 (once per model)... ", end="", file=sys.stderr)
+    start = time.perf_counter()
+    tmp = path.with_name(f".tmp-{os.getpid()}-{INT8_FILE}")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
+    try:
+        quantize_dynamic(
+            str(path),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            use_external_data_format=False,
+        )
+        os.replace(tmp, target)  # whole or not at all
+    except Exception as exc:
+        print("failed", file=sys.stderr, flush=True)
+        raise OnnxUnavailable(f"int8 quantization failed ({_reason(exc)})") from exc
+    finally:
+        root.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return target
 
 
 def _prune(parent: Path, prefix: str) -> None:
