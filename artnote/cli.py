@@ -180,11 +180,11 @@ def export(
     """Export the current annotation of every image."""
     from artnote import export as exporter
 
-    writers = {"csv": exporter.write_csv, "jsonl": exporter.write_jsonl}
+    writers = {"csv": exporter.write_csv_cells, "jsonl": exporter.write_jsonl}
     if fmt not in writers:
         raise typer.BadParameter("choose csv or jsonl", param_hint="FORMAT")
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    rows = cat.export_rows(provenance=fmt == "jsonl")
+    rows = cat.export_table() if fmt == "csv" else cat.export_rows(provenance=True)
     if out is None:
         count = writers[fmt](rows, sys.stdout)
     else:

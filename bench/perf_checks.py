@@ -43,7 +43,10 @@ def _fake_annotation(seed: int):
     weights = [rng.random() for _ in EMOTIONS]
     total = sum(weights)
     emotions = {e: w / total for e, w in zip(EMOTIONS, weights, strict=True)}
+    # Like real descriptions: commas in most sentences, now and then a quoted title, so the
+    # CSV writers must quote as they would on a real catalog.
     words = "oil canvas light sea sky figure colour brushwork calm storm gold blue".split()
+    words += ["sea,", "light,", "sky,", 'the "Wave"', "storm;", "gold."]
     text = " ".join(rng.choice(words) for _ in range(60))
     prov = Provenance(
         model="bench",
@@ -134,7 +137,7 @@ def check_rescan(files: int, repeat: int) -> dict[str, Any]:
 
 def check_export(rows: int, repeat: int) -> dict[str, Any]:
     from artnote.catalog import open_catalog
-    from artnote.export import CSV_COLUMNS, write_csv
+    from artnote.export import CSV_COLUMNS, write_csv_cells
 
     with tempfile.TemporaryDirectory(prefix="artnote-export-") as tmp:
         root = Path(tmp) / "collection"
@@ -148,7 +151,7 @@ def check_export(rows: int, repeat: int) -> dict[str, Any]:
 
         def export():
             with open(out, "w", encoding="utf-8", newline="") as f:
-                assert write_csv(catalog.export_rows(provenance=False), f) == rows
+                assert write_csv_cells(catalog.export_table(), f) == rows
 
         from artnote.emotions import EMOTION_COLUMNS
 

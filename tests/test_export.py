@@ -146,3 +146,48 @@ def test_catalog_rows_export(tmp_path: Path) -> None:
     assert math.isclose(sum(float(parsed[c]) for c in EMOTION_COLUMNS), 1.0, abs_tol=1e-6)
     record = json.loads(jsonl_out.getvalue())
     assert record["provenance"]["prompt_hash"] == "ph" and record["run_id"] == run
+
+
+def test_fast_csv_path_equals_the_row_path(tmp_path: Path) -> None:
+    """`artnote export csv` formats Catalog.export_table(); it must write exactly what the
+    dict rows of export_rows() give, reviews laid over included."""
+    from artnote.export import write_csv_cells
+
+    prov = Provenance("tiny/llava", "r1", "llava", "ad" * 8, "v2", "1", "ph", {}, "onnx", "cpu", 2.0)
+    annotations = []
+    for i, (alt, desc) in enumerate(
+        [
+            ("=cmd()", 'Waves, "Fuji", foam;\nclaws.'),
+            ("Plain", ""),
+            ("A, B", "-minus first"),
+        ]
+    ):
+        probs = dict(zip(EMOTIONS, softmax(i), strict=True))
+        dominant = max(probs, key=probs.__getitem__)
+        annotations.append(Annotation(alt, desc, probs, dominant, "Because.", prov))
+    with open_catalog(tmp_path / "cat.db") as cat:
+        cid = cat.ensure_collection(tmp_path / "a, b")
+        run = cat.start_run({}, "tiny/llava", None)
+        states = [FileState(f"{n}.jpg", 1, 1, c * 64) for n, c in zip("xyz", "abc")]
+        ids = cat.record_files(cid, run, states)
+        cat.add_annotations(run, [(ids[s.relpath], a) for s, a in zip(states, annotations)])
+        emotion = json.dumps({e: 1.0 if e == "fear" else 0.0 for e in EMOTIONS})
+        cat.add_reviews(
+            [
+                (ids["x.jpg"], "correction", "description", 'Fixed, "really"'),
+                (ids["x.jpg"], "correction", "emotion", emotion),
+                (ids["y.jpg"], "approval", None, None),
+            ],
+            by="curator",
+            source="test",
+        )
+        by_rows, by_table = io.StringIO(newline=""), io.StringIO(newline="")
+        assert write_csv(cat.export_rows(provenance=False), by_rows) == 3
+        assert write_csv_cells(cat.export_table(), by_table) == 3
+    assert by_table.getvalue() == by_rows.getvalue()
+    parsed = {Path(r["path"]).name: r for r in read_csv(by_table.getvalue())}
+    assert parsed["x.jpg"]["description"] == 'Fixed, "really"'
+    assert parsed["x.jpg"]["status"] == "corrected" and parsed["x.jpg"]["fear"] == "1.0"
+    assert parsed["y.jpg"]["status"] == "approved" and parsed["z.jpg"]["status"] == "draft"
+    assert parsed["x.jpg"]["alt_text"] == "'=cmd()" and parsed["y.jpg"]["adapter"] == "ad" * 8
+    assert parsed["z.jpg"]["alt_text"] == "A, B" and parsed["z.jpg"]["description"] == "'-minus first"

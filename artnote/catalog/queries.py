@@ -30,6 +30,7 @@ from artnote.catalog.models import Annotation, Collection, Image, Run
 from artnote.catalog.rows import ImageInfo, PendingImage
 from artnote.emotions import EMOTION_COLUMNS
 from artnote.errors import NotFoundError
+from artnote.export import CSV_COLUMNS
 
 T = TypeVar("T")
 
@@ -175,6 +176,56 @@ def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str,
         out["path"] = image_path(root, out["relpath"])
         out["annotated_at"] = created.isoformat(timespec="seconds") if created else None
         yield out
+
+
+def export_table(conn: Connection) -> Iterator[list[Any]]:
+    """export_rows for CSV: one list of cell values per image, in artnote.export.CSV_COLUMNS
+    order (status left None: the caller lays reviews over), with no dict or datetime per row.
+
+    On SQLite the timestamp is formatted by SQLite itself.
+    """
+    a = annotations
+    sqlite = conn.dialect.name == "sqlite"
+    created = (
+        func.strftime("%Y-%m-%dT%H:%M:%S+00:00", a.c.created_at) if sqlite else a.c.created_at
+    )
+    stmt = (
+        select(
+            collections.c.root,
+            images.c.relpath,
+            images.c.sha256,
+            images.c.width,
+            images.c.height,
+            a.c.alt_text,
+            a.c.description,
+            a.c.dominant_emotion,
+            *(a.c[name] for name in EMOTION_COLUMNS),
+            a.c.explanation,
+            a.c.model,
+            a.c.adapter,
+            created,
+            a.c.adapter_name,
+            a.c.model_revision,
+            a.c.prompt_version,
+            images.c.id,
+            a.c.id,
+        )
+        .select_from(images)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .join(a, a.c.id == current_annotation_id())
+        .where(images.c.status != "missing")
+        .order_by(images.c.collection_id, images.c.relpath)
+    )
+    # The selected cells are CSV_COLUMNS less path (made here) and status (the caller's).
+    status = CSV_COLUMNS.index("status") - 1
+    created_at = CSV_COLUMNS.index("annotated_at") - 2
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
+    for root, relpath, *cells in result:
+        if not sqlite and cells[created_at] is not None:
+            cells[created_at] = cells[created_at].isoformat(timespec="seconds")
+        cells.insert(status, None)
+        cells.insert(0, image_path(root, relpath))
+        yield cells
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
