@@ -55,6 +55,9 @@ def test_onnx_embeddings_equal_torch_on_paintings(tiny_models, art_images, onnx_
     encoder = make_encoder(loaded, "onnx")
     assert isinstance(encoder, OnnxEncoder) and encoder.name == "onnx"
     assert encoder.provider == "CPUExecutionProvider"
+    if enc_mod._opset(loaded.device) == enc_mod.OPSET_CPU_ATTENTION:  # onnxruntime >= 1.23
+        ops = {node.op_type for node in onnx.load(str(encoder.path)).graph.node}
+        assert "Attention" in ops, ops  # ONNX's fused attention, not MatMul-Softmax-MatMul
     pixels = _pixels(loaded, art_images)
     want = TorchEncoder(loaded).encode(pixels)
     got = encoder.encode(pixels)
@@ -125,7 +128,7 @@ def test_changed_revision_or_projector_makes_a_new_export(tiny_models, art_image
 def test_a_failed_export_leaves_nothing_trusted(tiny_models, monkeypatch, caplog):
     loaded = _load(tiny_models["llava"])
 
-    def half_written(loaded, path, dtype, size):
+    def half_written(loaded, path, dtype, size, opset):
         path.write_bytes(b"not a whole model")
         raise RuntimeError("killed mid-export")
 

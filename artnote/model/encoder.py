@@ -56,6 +56,10 @@ INT8_FILE = "encoder.int8.onnx"
 INT8_TOLERANCE = 0.1  # relative (Frobenius) error of int8 embeddings against torch's
 EXPORT_FORMAT = 2  # bump when the exported graph changes: old cached files are not reused
 OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
+# ONNX's own Attention op (opset 23) has a fused CPU kernel from onnxruntime 1.23: the int8
+# SigLIP tower runs ~10% faster with it. The CUDA provider does not claim that op (it would
+# run on the host), so CUDA exports stay at OPSET.
+OPSET_CPU_ATTENTION = 23
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
 KEEP_EXPORTS = 4  # per model: each retrained adapter makes a new export; keep the latest few
 LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")  # fixed input size, as exported
@@ -334,11 +338,12 @@ def ensure_onnx(
     import torch
     import transformers
 
+    opset = _opset(loaded.device)
     key = {
         "model": loaded.name, "revision": loaded.revision, "family": loaded.family.name,
         "lm_dtype": str(loaded.dtype), "export_dtype": str(dtype), "size": list(size),
         "fingerprint": fingerprint, "artnote": __version__, "torch": torch.__version__,
-        "transformers": transformers.__version__, "opset": OPSET, "format": EXPORT_FORMAT,
+        "transformers": transformers.__version__, "opset": opset, "format": EXPORT_FORMAT,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", loaded.name.strip("/"))[-60:]
@@ -356,7 +361,7 @@ def ensure_onnx(
     # external data) appears whole or not at all, so a crash never leaves a trusted half.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     try:
-        export_onnx(loaded, tmp / ONNX_FILE, dtype, size)
+        export_onnx(loaded, tmp / ONNX_FILE, dtype, size, opset)
         (tmp / "key.json").write_text(json.dumps(key, indent=2), encoding="utf-8")
         try:
             tmp.rename(folder)
@@ -417,7 +422,17 @@ def _prune(parent: Path, prefix: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def export_onnx(loaded: LoadedModel, path: Path, dtype: Any, size: tuple[int, ...]) -> None:
+def _opset(device: Any) -> int:
+    """OPSET_CPU_ATTENTION for the CPU provider of onnxruntime >= 1.23, else OPSET."""
+    import onnxruntime as ort
+
+    version = tuple(int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
+    return OPSET_CPU_ATTENTION if device.type == "cpu" and version >= (1, 23) else OPSET
+
+
+def export_onnx(
+    loaded: LoadedModel, path: Path, dtype: Any, size: tuple[int, ...], opset: int = OPSET
+) -> None:
     """Export vision tower + projector with a dynamic first axis (images or tiles)."""
     import torch
 
@@ -440,7 +455,7 @@ def export_onnx(loaded: LoadedModel, path: Path, dtype: Any, size: tuple[int, ..
                 input_names=["pixel_values"],
                 output_names=["embeddings"],
                 dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}},
-                opset_version=OPSET,
+                opset_version=opset,
                 dynamo=True,
                 external_data=weights > EXTERNAL_DATA_BYTES,
                 verbose=False,
