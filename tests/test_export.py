@@ -191,3 +191,15 @@ def test_fast_csv_path_equals_the_row_path(tmp_path: Path) -> None:
     assert parsed["y.jpg"]["status"] == "approved" and parsed["z.jpg"]["status"] == "draft"
     assert parsed["x.jpg"]["alt_text"] == "'=cmd()" and parsed["y.jpg"]["adapter"] == "ad" * 8
     assert parsed["z.jpg"]["alt_text"] == "A, B" and parsed["z.jpg"]["description"] == "'-minus first"
+
+
+def test_text_cells_are_quoted_and_odd_text_survives() -> None:
+    odd = {"description": "unit\x1fseparator, inside", "alt_text": 'say "hi"', "adapter": ""}
+    out = io.StringIO(newline="")
+    write_csv([row(**odd), row()], out)
+    lines = out.getvalue().split("\r\n")
+    assert lines[2].startswith('"/museum/') and lines[2].endswith(",7,3")  # numbers bare
+    first, second = read_csv(out.getvalue())
+    for column, value in odd.items():
+        assert first[column] == value, column
+    assert second["width"] == "1131" and float(second["awe"]) == row()["awe"]
