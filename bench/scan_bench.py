@@ -224,7 +224,7 @@ def roofline_seconds(
     vision_tokens: float,
     prefill_tokens: float,
     gen_tokens: int,
-    rows_per_image: int,
+    branches: int,
     batch: int,
     weight_bytes: float,
     kv_bytes_per_token: float,
@@ -235,12 +235,13 @@ def roofline_seconds(
 
     Compute-bound phases at peak FLOP/s: the vision tower (2 x params x patches) and
     the prefill (2 x params x tokens). Decoding at memory bandwidth: each of the
-    gen_tokens steps reads the weights once for the whole batch and every row's
-    KV cache (on average prefill + gen/2 tokens long).
+    gen_tokens steps reads the weights once for the whole batch and each image's
+    one KV cache: the prefix plus its `branches` fields' tokens (on average
+    prefill + branches x gen/2 tokens), as artnote packs the fields in one row.
     """
     compute = 2 * vision_params * vision_tokens + 2 * lm_params * prefill_tokens
-    rows = rows_per_image * batch
-    step_bytes = weight_bytes + rows * kv_bytes_per_token * (prefill_tokens + gen_tokens / 2)
+    cached = prefill_tokens + branches * gen_tokens / 2
+    step_bytes = weight_bytes + batch * kv_bytes_per_token * cached
     return compute / flops_per_s + gen_tokens * step_bytes / bytes_per_s / batch
 
 
@@ -272,7 +273,7 @@ def roofline(loaded, annotator, summary, tokens: int, batch_size: int) -> dict[s
         vision_tokens=annotator.counts["image_tokens"] * shuffle / n,
         prefill_tokens=annotator.counts["prefix_tokens"] / n + suffixes,
         gen_tokens=tokens,
-        rows_per_image=3,
+        branches=3,
         batch=batch_size,
         weight_bytes=lm_params * width,
         kv_bytes_per_token=2

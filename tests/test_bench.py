@@ -72,18 +72,18 @@ def test_roofline_arithmetic():
     from scan_bench import roofline_seconds
 
     # 1e12 FLOP/s, 1e9 B/s; vision 2*10*5 + prefill 2*100*20 = 4100 FLOP;
-    # decode: 4 steps x (1000 + 6 rows x 2 B x (20 + 2)) / 1e9 / batch 2.
+    # decode: 4 steps x (1000 + 2 images x 2 B x (20 + 3 fields x 4/2)) / 1e9 / batch 2.
     got = roofline_seconds(
         lm_params=100,
         vision_params=10,
         vision_tokens=5,
         prefill_tokens=20,
         gen_tokens=4,
-        rows_per_image=3,
+        branches=3,
         batch=2,
         weight_bytes=1000,
         kv_bytes_per_token=2,
         flops_per_s=1e12,
         bytes_per_s=1e9,
     )
-    assert got == pytest.approx(4100 / 1e12 + 4 * (1000 + 6 * 2 * 22) / 1e9 / 2)
+    assert got == pytest.approx(4100 / 1e12 + 4 * (1000 + 2 * 2 * 26) / 1e9 / 2)
