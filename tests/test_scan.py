@@ -258,7 +258,10 @@ def test_ctrl_c_keeps_what_was_committed_and_the_next_scan_resumes(
         **os.environ,
         "ARTNOTE_CACHE_DIR": str(onnx_cache),
         "HF_HUB_OFFLINE": "1",
-        "ARTNOTE_GENERATION_DESCRIPTION_TOKENS": "16",
+        # Enough work per batch (min = max tokens) that the scan is still running when the
+        # signal comes: with the tiny model an unhurried scan can finish within one poll.
+        "ARTNOTE_GENERATION_DESCRIPTION_TOKENS": "64",
+        "ARTNOTE_GENERATION_MIN_NEW_TOKENS": "64",
     }
     args = [
         sys.executable,
@@ -278,7 +281,7 @@ def test_ctrl_c_keeps_what_was_committed_and_the_next_scan_resumes(
     catalog = open_catalog(db) if db.exists() else None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
         if catalog is None and db.exists():
             catalog = open_catalog(db)
         if catalog is not None and catalog.status_counts()["annotated"] >= 4:
