@@ -36,6 +36,7 @@ from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import annotations, chunks, collections, images, runs
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
+from artnote.export import CSV_COLUMNS
 from artnote.records import Annotation
 
 
@@ -431,8 +432,6 @@ class Catalog:
         """The CSV export's rows: cell values in artnote.export.CSV_COLUMNS order, reviews
         laid over (corrected values, status), streamed in path order; the fast path of
         `artnote export csv`, equal to export_rows() in content."""
-        from artnote.export import CSV_COLUMNS
-
         status, sha = CSV_COLUMNS.index("status"), CSV_COLUMNS.index("sha256")
         with self._read() as conn:
             states = reviews.review_states(conn)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Exists,
+    Select,
     Table,
     and_,
     case,
@@ -136,7 +137,6 @@ def current_annotation_id() -> Any:
 
 def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
     a = annotations
-    current = current_annotation_id()
     stmt = (
         select(
             images.c.id.label("image_id"),
@@ -161,14 +161,8 @@ def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str,
             *([a.c.provenance] if provenance else []),  # JSON: parsing it per row is costly
             a.c.created_at,
         )
-        .select_from(images)
-        .join(collections, collections.c.id == images.c.collection_id)
-        .join(a, a.c.id == current)
-        .where(images.c.status != "missing")
-        # The (collection_id, relpath) unique index gives this order without a sort.
-        .order_by(images.c.collection_id, images.c.relpath)
     )
-    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
     for row in result.mappings():
         out = dict(row)
         root = out.pop("root")
@@ -176,6 +170,18 @@ def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str,
         out["path"] = image_path(root, out["relpath"])
         out["annotated_at"] = created.isoformat(timespec="seconds") if created else None
         yield out
+
+
+def _present_and_current(stmt: Select) -> Select:
+    """Each present image joined with its collection and its current annotation, in path order."""
+    return (
+        stmt.select_from(images)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .join(annotations, annotations.c.id == current_annotation_id())
+        .where(images.c.status != "missing")
+        # The (collection_id, relpath) unique index gives this order without a sort.
+        .order_by(images.c.collection_id, images.c.relpath)
+    )
 
 
 def export_table(conn: Connection) -> Iterator[list[Any]]:
@@ -210,16 +216,11 @@ def export_table(conn: Connection) -> Iterator[list[Any]]:
             images.c.id,
             a.c.id,
         )
-        .select_from(images)
-        .join(collections, collections.c.id == images.c.collection_id)
-        .join(a, a.c.id == current_annotation_id())
-        .where(images.c.status != "missing")
-        .order_by(images.c.collection_id, images.c.relpath)
     )
     # The selected cells are CSV_COLUMNS less path (made here) and status (the caller's).
     status = CSV_COLUMNS.index("status") - 1
     created_at = CSV_COLUMNS.index("annotated_at") - 2
-    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
     for root, relpath, *cells in result:
         if not sqlite and cells[created_at] is not None:
             cells[created_at] = cells[created_at].isoformat(timespec="seconds")

@@ -358,15 +358,34 @@ class _Tree:
         import torch
 
         self.annotator = annotator
-        self.room = room
         self.cache = _growing_cache(kv, room)  # a copy: the root is never changed
         self.owner = torch.where(mask.bool(), _PREFIX, _DEAD)
         self.parents: list[int | None] = [None]
+        self._table = None
         self.after = {_PREFIX: mask.sum(dim=-1)}  # branch -> position after its last token
 
     def new_branch(self, parent: int) -> int:
         self.parents.append(parent)
+        self._table = None
         return len(self.parents) - 1
+
+    def _sees(self, device):
+        """table[a, b]: may a token of branch a see one of branch b (row/column -1: _DEAD)?
+
+        Made once per set of branches, not at every decoding step."""
+        import torch
+
+        if self._table is None:
+            count = len(self.parents)
+            table = torch.zeros((count + 1, count + 1), dtype=torch.bool)
+            for b in range(count):
+                a: int | None = b
+                while a is not None:
+                    table[b, a] = True
+                    a = self.parents[a]
+            table[_DEAD, _PREFIX] = True  # padding queries need something to attend to
+            self._table = table.to(device)
+        return self._table
 
     def extend(self, ids, branch: int):
         """Feed ids (rows, q), all of `branch`, right after its parent; their hidden states."""
@@ -383,16 +402,7 @@ class _Tree:
 
         self.owner = torch.cat([self.owner, owner], dim=1)
         q, kv = owner.shape[1], self.owner.shape[1]
-        count = len(self.parents)
-        sees = torch.zeros((count + 1, count + 1), dtype=torch.bool)  # the last is _DEAD
-        for b in range(count):
-            a: int | None = b
-            while a is not None:
-                sees[b, a] = True
-                a = self.parents[a]
-        sees[_DEAD, _PREFIX] = True  # padding queries need something to attend to
-        sees = sees.to(owner.device)
-        visible = sees[owner[:, :, None], self.owner[:, None, :]]
+        visible = self._sees(owner.device)[owner[:, :, None], self.owner[:, None, :]]
         key = torch.arange(kv, device=owner.device)
         query = torch.arange(kv - q, kv, device=owner.device)
         allowed = visible & (key[None, :] <= query[:, None])

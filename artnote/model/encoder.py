@@ -12,16 +12,18 @@ tensors in full (ArtGPT-4 adapters retrain them) and a sample of every vision
 tensor (a local folder keeps its name when its weights change).
 
 Precision: on CPU the export is float32 (ORT's CPU kernels are float32 and it has
-no bf16), cast to the language model's dtype afterwards. With `[model]
-encoder_precision = "auto"` (the default) or "int8", the CPU runs a copy whose
-MatMul weights are quantized to int8 per channel (ONNX Runtime's dynamic
-quantization, cached beside the float32 file): 1.7x faster on a 2-core AVX-512
-VNNI machine, at a relative error of about 3% on the embeddings. A copy that errs
-by more than INT8_TOLERANCE on the check tile is not used: the float32 file is,
-with one warning. "full" keeps the float32 (CPU) or float16 (CUDA) file. On CUDA a bf16/fp16
+no bf16), cast to the language model's dtype afterwards. On CUDA a bf16/fp16
 model is exported in float16 (ORT's CUDA provider runs fp16 well and bf16 barely;
 bf16 pixels convert to fp16 exactly) and a float32 model in float32. Every session
 is compared once with the torch path on a random tile before it is trusted.
+
+With `[model] encoder_precision = "auto"` (the default) or "int8", the CPU runs a
+copy whose MatMul weights are quantized to int8 per channel (ONNX Runtime's
+dynamic quantization, cached beside the float32 file): 1.7x faster per tile on a
+2-core AVX-512 VNNI machine, at a relative error of about 3% on the embeddings.
+A copy that errs by more than INT8_TOLERANCE on the check tile is not used: the
+float32 file is, with one warning. "full" always runs the float32 (CPU) or
+float16 (CUDA) file.
 """
 
 from __future__ import annotations
@@ -387,7 +389,8 @@ def ensure_int8(path: Path) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
         raise OnnxUnavailable(f"onnxruntime.quantization cannot be imported ({_reason(exc)})")
-    print("quantizing the vision encoder to int8 (once per model)... ", end="", file=sys.stderr)
+    say = "quantizing the vision encoder to int8 (once per model)... "
+    print(say, end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     tmp = path.with_name(f".tmp-{os.getpid()}-{INT8_FILE}")
     root = logging.getLogger()
