@@ -130,7 +130,11 @@ def check_rescan(files: int, repeat: int) -> dict[str, Any]:
             find("-printf '%s %T@\\n'")
 
         rescan()  # warm the page cache and SQLite's
-        t_find, t_stat, t_scan = _best(find, repeat), _best(find_stat, repeat), _best(rescan, repeat)
+        t_find, t_stat, t_scan = (
+            _best(find, repeat),
+            _best(find_stat, repeat),
+            _best(rescan, repeat),
+        )
     return {
         "check": "rescan",
         "files": files,

@@ -153,7 +153,9 @@ def test_fast_csv_path_equals_the_row_path(tmp_path: Path) -> None:
     dict rows of export_rows() give, reviews laid over included."""
     from artnote.export import write_csv_cells
 
-    prov = Provenance("tiny/llava", "r1", "llava", "ad" * 8, "v2", "1", "ph", {}, "onnx", "cpu", 2.0)
+    prov = Provenance(
+        "tiny/llava", "r1", "llava", "ad" * 8, "v2", "1", "ph", {}, "onnx", "cpu", 2.0
+    )
     annotations = []
     for i, (alt, desc) in enumerate(
         [
@@ -168,9 +170,11 @@ def test_fast_csv_path_equals_the_row_path(tmp_path: Path) -> None:
     with open_catalog(tmp_path / "cat.db") as cat:
         cid = cat.ensure_collection(tmp_path / "a, b")
         run = cat.start_run({}, "tiny/llava", None)
-        states = [FileState(f"{n}.jpg", 1, 1, c * 64) for n, c in zip("xyz", "abc")]
+        states = [FileState(f"{n}.jpg", 1, 1, c * 64) for n, c in zip("xyz", "abc", strict=True)]
         ids = cat.record_files(cid, run, states)
-        cat.add_annotations(run, [(ids[s.relpath], a) for s, a in zip(states, annotations)])
+        cat.add_annotations(
+            run, [(ids[s.relpath], a) for s, a in zip(states, annotations, strict=True)]
+        )
         emotion = json.dumps({e: 1.0 if e == "fear" else 0.0 for e in EMOTIONS})
         cat.add_reviews(
             [
@@ -190,7 +194,9 @@ def test_fast_csv_path_equals_the_row_path(tmp_path: Path) -> None:
     assert parsed["x.jpg"]["status"] == "corrected" and parsed["x.jpg"]["fear"] == "1.0"
     assert parsed["y.jpg"]["status"] == "approved" and parsed["z.jpg"]["status"] == "draft"
     assert parsed["x.jpg"]["alt_text"] == "'=cmd()" and parsed["y.jpg"]["adapter"] == "ad" * 8
-    assert parsed["z.jpg"]["alt_text"] == "A, B" and parsed["z.jpg"]["description"] == "'-minus first"
+    assert (
+        parsed["z.jpg"]["alt_text"] == "A, B" and parsed["z.jpg"]["description"] == "'-minus first"
+    )
 
 
 def test_text_cells_are_quoted_and_odd_text_survives() -> None:

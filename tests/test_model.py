@@ -29,8 +29,17 @@ FAMILIES = ("llava", "smolvlm")
 SHORT = GenerationSettings(alt_text_tokens=6, description_tokens=10, explanation_tokens=6)
 
 
-def _load(path):
-    return load_model(ModelSettings(name=str(path), device="cpu"))
+# The decoding tests also run on a GPU where there is one (in float32, without TF32, so
+# that greedy tokens can be compared exactly); CI has none and runs them on the CPU.
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+DEVICES = ("cpu", pytest.param("cuda", marks=_needs_cuda))
+
+
+def _load(path, device="cpu", dtype="float32"):
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return load_model(ModelSettings(name=str(path), device=device, dtype=dtype))
 
 
 def _logits(loaded, images):
@@ -167,9 +176,10 @@ def test_adapter_refuses_another_base_model(tiny_models, tmp_path):
     assert adapters_of(other.model) is None
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_batch_of_8_equals_one_by_one(tiny_models, art_images, family):
-    annotator = Annotator(_load(tiny_models[family]), SHORT)
+def test_batch_of_8_equals_one_by_one(tiny_models, art_images, family, device):
+    annotator = Annotator(_load(tiny_models[family], device), SHORT)
     batch = annotator.annotate(art_images)
     assert len(batch) == 8
     for image, together in zip(art_images, batch, strict=True):
@@ -202,9 +212,21 @@ def test_annotation_fields(tiny_models, art_images, family):
     assert [x.description for x in again] == [a.description, b.description]
 
 
+@pytest.mark.parametrize(
+    ("device", "dtype", "tolerance"),
+    [
+        ("cpu", "float32", 1e-4),
+        pytest.param("cuda", "float32", 1e-4, marks=_needs_cuda),
+        # bf16 as scans run on a GPU: the packed branches' additive mask in bf16 (a mask
+        # that overflowed to -inf would give NaN rows); bf16 rounding sets the tolerance.
+        pytest.param("cuda", "bfloat16", 0.1, marks=_needs_cuda),
+    ],
+)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_emotion_scoring_equals_brute_force(tiny_models, art_images, family):
-    loaded = _load(tiny_models[family])
+def test_emotion_scoring_equals_brute_force(
+    tiny_models, art_images, family, device, dtype, tolerance
+):
+    loaded = _load(tiny_models[family], device, dtype)
     annotator = Annotator(loaded, SHORT)
     images = art_images[:3]
     fast = annotator.emotion_logliks(images)
@@ -215,13 +237,14 @@ def test_emotion_scoring_equals_brute_force(tiny_models, art_images, family):
             text = context + " " + emotion
             nested = [[image]] if loaded.family.name == "idefics3" else [image]
             enc = loaded.processor(text=[text], images=nested, return_tensors="pt")
+            enc = enc.to(device, dtype=loaded.dtype)
             ids = enc["input_ids"][0]
             n = len(annotator.label_ids[k])
             assert ids[-n:].tolist() == annotator.label_ids[k]
             with torch.no_grad():
                 logp = torch.log_softmax(loaded.model(**enc).logits[0].float(), dim=-1)
             want = sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]] for j in range(n))
-            assert abs(float(fast[i, k]) - float(want)) < 1e-4, (emotion, fast[i, k], want)
+            assert abs(float(fast[i, k]) - float(want)) < tolerance, (emotion, fast[i, k], want)
 
 
 def test_missing_model_offline_is_one_clear_error_fast(monkeypatch):
@@ -255,11 +278,12 @@ def test_pickled_model_weights_are_refused(tiny_models, tmp_path):
         load_model(ModelSettings(name=str(folder), device="cpu"))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_fields_decode_what_generate_decodes_alone(tiny_models, art_images, family):
+def test_packed_fields_decode_what_generate_decodes_alone(tiny_models, art_images, family, device):
     """Each field, decoded as a branch packed beside the others, equals model.generate on
     that field's own prompt (prefix + suffix, batch 1, pixels): same greedy tokens."""
-    loaded = _load(tiny_models[family])
+    loaded = _load(tiny_models[family], device)
     tokens = 8
     gen = GenerationSettings(
         alt_text_tokens=tokens,
@@ -281,7 +305,7 @@ def test_packed_fields_decode_what_generate_decodes_alone(tiny_models, art_image
                 text=[parts.prefix + parts.suffix],
                 images=[[image]] if nested else [image],
                 return_tensors="pt",
-            )
+            ).to(device)
             with torch.no_grad():
                 out = loaded.model.generate(
                     **enc,
@@ -302,11 +326,12 @@ def test_packed_fields_decode_what_generate_decodes_alone(tiny_models, art_image
                 assert ann.description == " ".join(text.split())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_multi_token_labels_are_scored_apart(tiny_models, art_images, family):
+def test_multi_token_labels_are_scored_apart(tiny_models, art_images, family, device):
     """Labels of several tokens (as real tokenizers split words) are packed side by side;
     each must score as if alone after the question."""
-    loaded = _load(tiny_models[family])
+    loaded = _load(tiny_models[family], device)
     annotator = Annotator(loaded, SHORT)
     gen = torch.Generator().manual_seed(0)
     vocab = loaded.processor.tokenizer.vocab_size
@@ -317,9 +342,11 @@ def test_multi_token_labels_are_scored_apart(tiny_models, art_images, family):
     fast = annotator.emotion_logliks([image])[0]
     parts = inputs.field_parts(loaded.processor, "emotion")
     nested = [[image]] if loaded.family.name == "idefics3" else [image]
-    enc = loaded.processor(text=[parts.prefix + parts.suffix], images=nested, return_tensors="pt")
+    enc = loaded.processor(
+        text=[parts.prefix + parts.suffix], images=nested, return_tensors="pt"
+    ).to(device)
     for k, label in enumerate(annotator.label_ids):
-        ids = torch.cat([enc["input_ids"], torch.tensor([label])], dim=1)
+        ids = torch.cat([enc["input_ids"], torch.tensor([label], device=device)], dim=1)
         full = {**enc, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             logp = torch.log_softmax(loaded.model(**full).logits[0].float(), dim=-1)

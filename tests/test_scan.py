@@ -350,4 +350,3 @@ def _annotated_now(db: Path) -> int:
     except sqlite3.Error:  # not created yet, or busy for a moment
         return 0
     return int(n)
-

@@ -137,30 +137,28 @@ def current_annotation_id() -> Any:
 
 def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
     a = annotations
-    stmt = (
-        select(
-            images.c.id.label("image_id"),
-            collections.c.root,
-            images.c.relpath,
-            images.c.sha256,
-            images.c.width,
-            images.c.height,
-            a.c.id.label("annotation_id"),
-            a.c.run_id,
-            a.c.alt_text,
-            a.c.alt_text_truncated,
-            a.c.description,
-            a.c.dominant_emotion,
-            *(a.c[name] for name in EMOTION_COLUMNS),
-            a.c.explanation,
-            a.c.model,
-            a.c.model_revision,
-            a.c.adapter,
-            a.c.adapter_name,
-            a.c.prompt_version,
-            *([a.c.provenance] if provenance else []),  # JSON: parsing it per row is costly
-            a.c.created_at,
-        )
+    stmt = select(
+        images.c.id.label("image_id"),
+        collections.c.root,
+        images.c.relpath,
+        images.c.sha256,
+        images.c.width,
+        images.c.height,
+        a.c.id.label("annotation_id"),
+        a.c.run_id,
+        a.c.alt_text,
+        a.c.alt_text_truncated,
+        a.c.description,
+        a.c.dominant_emotion,
+        *(a.c[name] for name in EMOTION_COLUMNS),
+        a.c.explanation,
+        a.c.model,
+        a.c.model_revision,
+        a.c.adapter,
+        a.c.adapter_name,
+        a.c.prompt_version,
+        *([a.c.provenance] if provenance else []),  # JSON: parsing it per row is costly
+        a.c.created_at,
     )
     result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
     for row in result.mappings():
@@ -192,30 +190,26 @@ def export_table(conn: Connection) -> Iterator[list[Any]]:
     """
     a = annotations
     sqlite = conn.dialect.name == "sqlite"
-    created = (
-        func.strftime("%Y-%m-%dT%H:%M:%S+00:00", a.c.created_at) if sqlite else a.c.created_at
-    )
-    stmt = (
-        select(
-            collections.c.root,
-            images.c.relpath,
-            images.c.sha256,
-            images.c.width,
-            images.c.height,
-            a.c.alt_text,
-            a.c.description,
-            a.c.dominant_emotion,
-            *(a.c[name] for name in EMOTION_COLUMNS),
-            a.c.explanation,
-            a.c.model,
-            a.c.adapter,
-            created,
-            a.c.adapter_name,
-            a.c.model_revision,
-            a.c.prompt_version,
-            images.c.id,
-            a.c.id,
-        )
+    created = func.strftime("%Y-%m-%dT%H:%M:%S+00:00", a.c.created_at) if sqlite else a.c.created_at
+    stmt = select(
+        collections.c.root,
+        images.c.relpath,
+        images.c.sha256,
+        images.c.width,
+        images.c.height,
+        a.c.alt_text,
+        a.c.description,
+        a.c.dominant_emotion,
+        *(a.c[name] for name in EMOTION_COLUMNS),
+        a.c.explanation,
+        a.c.model,
+        a.c.adapter,
+        created,
+        a.c.adapter_name,
+        a.c.model_revision,
+        a.c.prompt_version,
+        images.c.id,
+        a.c.id,
     )
     # The selected cells are CSV_COLUMNS less path (made here) and status (the caller's).
     status = CSV_COLUMNS.index("status") - 1

@@ -262,7 +262,7 @@ class Annotator:
                 keep = going.nonzero().squeeze(1)
                 tree.select(keep)
                 index, token, live, next_pos = index[keep], token[keep], live[keep], next_pos[keep]
-            still = [c for c, on in zip(cols, live[:, cols].any(dim=0).tolist()) if on]
+            still = [c for c, on in zip(cols, live[:, cols].any(dim=0).tolist(), strict=True) if on]
             if len(still) < len(cols):  # a field finished in every image: its column goes
                 token = token[:, [cols.index(c) for c in still]]
                 cols = still

@@ -138,7 +138,9 @@ class OnnxEncoder:
         self.device = loaded.device
         cpu = self.device.type == "cpu"
         if precision == "int8" and not cpu:
-            log.warning("encoder_precision int8 is for the CPU; the %s runs it in full", self.device)
+            log.warning(
+                "encoder_precision int8 is for the CPU; the %s runs it in full", self.device
+            )
         self.int8 = cpu and precision in ("auto", "int8")
         self.torch = TorchEncoder(loaded)  # for batches the export cannot take (see encode)
         _provider(self.device)  # before exporting: without a provider the export is moot
@@ -164,7 +166,9 @@ class OnnxEncoder:
                 self.name = "onnx-int8"
                 return
             except Exception as exc:  # the float32 file is there and works: use it
-                log.warning("int8 encoder not used (%s); running it in full precision", _reason(exc))
+                log.warning(
+                    "int8 encoder not used (%s); running it in full precision", _reason(exc)
+                )
         self._start(self.path, int8=False)
         self.name = "onnx"
 
@@ -388,7 +392,9 @@ def ensure_int8(path: Path) -> Path:
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
-        raise OnnxUnavailable(f"onnxruntime.quantization cannot be imported ({_reason(exc)})")
+        raise OnnxUnavailable(
+            f"onnxruntime.quantization cannot be imported ({_reason(exc)})"
+        ) from None
     say = "quantizing the vision encoder to int8 (once per model)... "
     print(say, end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
