@@ -282,13 +282,14 @@ class Annotator:
 
     def _forward(self, embeds, mask, cache):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
-        out = self.lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
+        with _attention_kernels():
+            out = self.lm(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
         return out.last_hidden_state
 
     def _provenance(self, ms: float) -> Provenance:
@@ -409,13 +410,14 @@ class _Tree:
         dtype = self.annotator.loaded.dtype
         bias = torch.zeros(allowed.shape, dtype=dtype, device=owner.device)
         bias.masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = self.annotator.lm(
-            inputs_embeds=self.annotator.embed(ids),
-            attention_mask=bias[:, None],
-            position_ids=positions,
-            cache=self.cache,
-            use_cache=True,
-        )
+        with _attention_kernels():
+            out = self.annotator.lm(
+                inputs_embeds=self.annotator.embed(ids),
+                attention_mask=bias[:, None],
+                position_ids=positions,
+                cache=self.cache,
+                use_cache=True,
+            )
         return out.last_hidden_state
 
     def select(self, rows) -> None:
@@ -448,6 +450,22 @@ class _Sampler:
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         pick = torch.multinomial(sorted_p, 1, generator=self.generator)
         return order.gather(-1, pick).squeeze(-1)
+
+
+def _attention_kernels():
+    """torch's attention kernels for the language model's forwards: any but cuDNN's.
+
+    cuDNN's attention (torch's first choice for a masked bf16 attention on Hopper)
+    builds a plan for every new shape, and every decoding step has a new cache
+    length: on an H200 with the LLaVA-7B shape, the first pass over a batch spent
+    0.1-0.2 s per step building plans, several times the step itself. The
+    memory-efficient kernel takes the same mask with no per-shape cost.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 def _kv(cache) -> list[tuple[Any, Any]]:
