@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from artnote.catalog import Catalog
 from artnote.catalog.reviews import emotion_value
 from artnote.emotions import EMOTIONS, normalise_emotion
 from artnote.errors import ArtnoteError
+from artnote.export import FORMULA_PREFIXES
 
 ALT_TEXT_MAX = 250  # IPTC: aim for 125, never over 250
 TEXT_MAX = 20_000  # a description longer than this is a paste error, not a description
@@ -26,7 +28,8 @@ COLUMNS = {
     "dominant_emotion": "emotion",
     "explanation": "explanation",
 }
-_NEUTRALISED = ("'=", "'+", "'-", "'@", "'\t", "'\r")
+_FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CorrectionError(ArtnoteError):
@@ -140,7 +143,14 @@ def _row_items(record, by_sha, by_path, roots) -> list[tuple[int, str, str | Non
     if path and not _inside(path, roots):
         raise CorrectionError(f"path {path!r} is outside the catalog's collections")
     row = by_sha.get(sha) if sha else None
-    if row is None and path:
+    if row is None and _SHA256.fullmatch(sha.lower()):
+        # The content this row describes is gone: its path (if still there) holds another
+        # image now, whose annotation the row's unedited cells would all "correct".
+        raise CorrectionError(
+            f"image {path or sha[:12]} changed since this export (its sha256 {sha[:12]} is no "
+            "longer in the catalog); export again and redo this row"
+        )
+    if row is None and path:  # no sha256 column, or a cell a spreadsheet mangled
         row = by_path.get(path)
     if row is None:
         raise CorrectionError(f"unknown image (sha256 {sha[:12] or '-'}, path {path or '-'})")
@@ -165,8 +175,11 @@ def _row_items(record, by_sha, by_path, roots) -> list[tuple[int, str, str | Non
 
 
 def _plain(cell: str) -> str:
-    """Undo the export's formula neutralising (a leading quote before = + - @ tab CR)."""
-    return cell[1:] if cell.startswith(_NEUTRALISED) else cell
+    """Undo the export's formula neutralising: one leading quote, before quotes and then
+    = + - @ tab or CR (artnote.export neutralises exactly those cells)."""
+    if cell[:1] == "'" and cell.lstrip("'")[:1] in _FORMULA_FIRST:
+        return cell[1:]
+    return cell
 
 
 def _inside(path: str, roots: list[str]) -> bool:

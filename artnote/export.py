@@ -7,10 +7,12 @@ CSV follows RFC 4180 (CRLF line ends; every text cell in double quotes, quotes
 inside doubled, so commas and newlines in descriptions need no scan) and is safe
 to open in a spreadsheet: a text cell that starts with =, +, -, @, a tab or a
 carriage return gets a leading apostrophe, so it is shown as text instead of
-being run as a formula (OWASP "CSV injection"). Numbers are never quoted or
-altered; probabilities are written with full precision (repr), so the nine of a
-row still sum to 1. An empty cell is a missing value. Whoever imports an edited
-CSV back must drop that one leading apostrophe.
+being run as a formula (OWASP "CSV injection"); so does one whose leading
+apostrophes come before such a character, so that the rule can be undone.
+Numbers are never quoted or altered; probabilities are written with full
+precision (repr), so the nine of a row still sum to 1. An empty cell is a
+missing value. Whoever imports an edited CSV back must drop that one leading
+apostrophe (artnote.corrections does).
 JSON Lines carries every field, full provenance included, unaltered.
 """
 
@@ -128,7 +130,11 @@ def _text_cell(value: Any) -> str:
             value = "true" if value else "false"
         else:
             value = _to_json(value) if isinstance(value, datetime | date | PurePath) else str(value)
-    if value[:1] in _FORMULA_FIRST:
+    if value[:1] in _FORMULA_FIRST or (
+        value[:1] == "'" and value.lstrip("'")[:1] in _FORMULA_FIRST
+    ):
+        # A value that already starts with quotes before a formula character gets one more,
+        # so that an import, which takes one off, gives it back unchanged.
         return "\"'" + value.replace('"', '""') + '"'
     return '"' + value.replace('"', '""') + '"'
 

@@ -104,13 +104,19 @@ def _decode_open(im: Any, max_pixels: int, target_size: int | None) -> DecodedIm
         raise ImageError("not enough memory to decode this image") from None
     except Exception as exc:  # truncated data, bad compression streams, decoder errors
         raise ImageError(_corrupt(exc)) from None
-    out = _to_rgb(im)
-    if orientation in _ORIENTATION:
-        out = out.transpose(_ORIENTATION[orientation])
-    if target_size:
-        out.thumbnail((target_size, target_size), Image.Resampling.LANCZOS)
-    if out is im:  # closing the source file would also drop these pixels
-        out = im.copy()
+    try:  # conversion, turning and scaling allocate too, and meet odd modes
+        out = _to_rgb(im)
+        if orientation in _ORIENTATION:
+            out = out.transpose(_ORIENTATION[orientation])
+        if target_size:
+            out.thumbnail((target_size, target_size), Image.Resampling.LANCZOS)
+        if out is im:  # closing the source file would also drop these pixels
+            out = im.copy()
+    except MemoryError:
+        raise ImageError("not enough memory to convert this image") from None
+    except Exception as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageError(f"cannot convert this image to RGB: {detail}") from None
     return DecodedImage(out, width, height, fmt, mode)
 
 

@@ -269,3 +269,27 @@ def test_decoding_in_threads_gives_the_same_pixels() -> None:
     for t in threads:
         t.join()
     assert len(results) == 12 and all(r == expected for r in results)
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (MemoryError(), "not enough memory to convert"),
+        (ValueError("conversion\nnot supported"), "cannot convert this image to RGB: conversion"),
+    ],
+)
+def test_failures_after_decoding_are_image_errors(tmp_path: Path, monkeypatch, raised, message):
+    """Converting, turning and scaling a huge or odd image can fail too: that image gets a
+    one-line reason, it does not stop the scan."""
+    import artnote.images
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 6), RED).save(path)
+
+    def fail(im):
+        raise raised
+
+    monkeypatch.setattr(artnote.images, "_to_rgb", fail)
+    with pytest.raises(ImageError) as err:
+        decode_image(path, max_pixels=LIMIT)
+    assert message in str(err.value) and "\n" not in str(err.value)

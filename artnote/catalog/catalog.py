@@ -217,6 +217,10 @@ class Catalog:
             if new:
                 stmt = insert(images).returning(images.c.relpath, images.c.id)
                 ids.update((r, i) for r, i in conn.execute(stmt, new))
+            # A content that is already annotated is never decoded again (a renamed or
+            # copied file): it takes the size, format and mode its twins were found with.
+            twins = _meta_of(conn, {f.sha256 for f in files if f.sha256 in done})
+            _set_meta(conn, twins, images.c.sha256)
             return ids
 
     def touch_seen(self, run_id: int, image_ids: Sequence[int]) -> None:
@@ -272,16 +276,34 @@ class Catalog:
         return len(image_ids)
 
     def record_failures(self, items: Sequence[tuple[int, str]]) -> None:
-        """image id -> one-line reason; those images become 'failed'."""
+        """image id -> one-line reason; those images become 'failed', and so do their
+        pending twins (files of the same bytes, which would fail the same way: else each
+        later scan would load the model to fail on the next twin)."""
         if not items:
             return
+        reason = dict(items)
         stmt = (
             update(images)
             .where(images.c.id == bindparam("b_id"))
             .values(status="failed", error=bindparam("b_error"))
         )
+        twins = (
+            update(images)
+            .where(images.c.sha256 == bindparam("b_sha"), images.c.status == "pending")
+            .values(status="failed", error=bindparam("b_error"))
+        )
         with self._write() as conn:
-            conn.execute(stmt, [{"b_id": i, "b_error": reason} for i, reason in items])
+            conn.execute(stmt, [{"b_id": i, "b_error": r} for i, r in reason.items()])
+            by_content = []
+            for chunk in chunks(list(reason)):
+                rows = conn.execute(
+                    select(images.c.id, images.c.sha256).where(
+                        images.c.id.in_(chunk), images.c.sha256.is_not(None)
+                    )
+                )
+                by_content += [{"b_sha": sha, "b_error": reason[i]} for i, sha in rows]
+            if by_content:
+                conn.execute(twins, by_content)
 
     def set_image_meta(self, items: Sequence[tuple[int, ImageMeta]]) -> None:
         """Store what decoding learned (size after EXIF orientation, format, mode)."""
@@ -478,6 +500,20 @@ def _first_seen(collection_id: int, relpath: str, run_id: int, now: Any) -> dict
         "first_seen_run": run_id,
         "first_seen_at": now,
     }
+
+
+def _meta_of(conn: Connection, sha256s: set[str]) -> list[tuple[str, ImageMeta]]:
+    """(sha256, facts) of these contents, where a decode has recorded them."""
+    found: dict[str, ImageMeta] = {}
+    for chunk in chunks(sorted(sha256s)):
+        rows = conn.execute(
+            select(
+                images.c.sha256, images.c.width, images.c.height, images.c.format, images.c.mode
+            ).where(images.c.sha256.in_(chunk), images.c.width.is_not(None))
+        )
+        for sha256, *facts in rows:
+            found.setdefault(sha256, ImageMeta(*facts))
+    return list(found.items())
 
 
 def _set_meta(conn: Connection, items: Sequence[tuple[Any, ImageMeta]], key: Any) -> None:
