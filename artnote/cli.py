@@ -441,11 +441,15 @@ def models_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
     family: Annotated[str, typer.Option(help="llava or smolvlm.")] = "smolvlm",
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    force: Annotated[
+        bool,
+        typer.Option(help="Write into DIR even if it holds something other than a tiny model."),
+    ] = False,
 ) -> None:
     """Write a tiny RANDOM-weight model of a real architecture, for smoke tests offline."""
     from artnote.model.tiny import RANDOM_WEIGHTS_NOTE, build_tiny_model
 
-    path = build_tiny_model(out, family, seed=seed)
+    path = build_tiny_model(out, family, seed=seed, force=force)
     typer.echo(f"wrote a tiny {family} model to {path}")
     typer.echo(RANDOM_WEIGHTS_NOTE)
 

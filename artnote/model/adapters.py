@@ -111,16 +111,23 @@ def adapters_of(model: nn.Module) -> nn.ModuleList | None:
 def trainable_names(model: nn.Module, family: Family) -> list[str]:
     """ArtGPT-4's trainable set: adapters, every post-attention norm, even layers'
     input norm (0-based), and the vision-to-text projector."""
-    if adapters_of(model) is None:
+    adapters = adapters_of(model)
+    if adapters is None:
         raise AdapterError("attach adapters before choosing the trainable set")
+    chosen = _base_trainable_ids(model, family)
+    chosen.update(id(p) for p in adapters.parameters())
+    return [name for name, p in model.named_parameters() if id(p) in chosen]
+
+
+def _base_trainable_ids(model: nn.Module, family: Family) -> set[int]:
+    """The trainable set without the adapters (which may not be attached yet)."""
     chosen: set[int] = set()
     for i, layer in enumerate(decoder_layers(model)):
         chosen.update(id(p) for p in layer.post_attention_layernorm.parameters())
         if i % 2 == 0:
             chosen.update(id(p) for p in layer.input_layernorm.parameters())
     chosen.update(id(p) for p in projector(model, family).parameters())
-    chosen.update(id(p) for p in adapters_of(model).parameters())
-    return [name for name, p in model.named_parameters() if id(p) in chosen]
+    return chosen
 
 
 def mark_trainable(model: nn.Module, family: Family) -> list[str]:
@@ -135,15 +142,23 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def base_fingerprint(model: nn.Module) -> str:
-    """Identify the base weights (not just the name, which may be a hub id or a folder)."""
+def base_fingerprint(model: nn.Module, *, legacy: bool = False) -> str:
+    """Identify the base weights (not just the name, which may be a hub id or a folder).
+
+    The sampled embeddings are rounded to bfloat16 first, so the same base loaded in
+    float32 (finetune) and in bfloat16 (a CUDA scan) has one fingerprint. `legacy`
+    gives the fingerprint that adapters saved before this rounding carry (the values as
+    loaded), so that they stay loadable onto a base loaded in their dtype.
+    """
     cfg = model.config.to_dict()
     keys = {k: cfg.get(k) for k in ("model_type", "image_token_id")}
     text = language_model(model).config
     keys.update(hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size)
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
-    embed = language_model(model).get_input_embeddings().weight
-    digest.update(embed[:64].detach().float().cpu().numpy().tobytes())
+    sample = language_model(model).get_input_embeddings().weight[:64].detach()
+    if not legacy:
+        sample = sample.to(torch.bfloat16)
+    digest.update(sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -192,29 +207,57 @@ def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AdapterError(f"not an adapter folder (no {CONFIG_FILE}): {adapter_dir}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"adapter config {path} is not a JSON object")
     known = {f for f in AdapterConfig.__dataclass_fields__}
     # Old adapter configs stay loadable: unknown keys go to extra, missing ones default.
     extra = {k: v for k, v in data.items() if k not in known}
     data = {k: v for k, v in data.items() if k in known}
-    data.setdefault("extra", {}).update(extra)
+    if not isinstance(data.setdefault("extra", {}), dict):
+        raise AdapterError(f"adapter config {path}: extra must be a JSON object")
+    data["extra"].update(extra)
     try:
-        return AdapterConfig(**data)
+        config = AdapterConfig(**data)
     except TypeError as exc:
         raise AdapterError(f"adapter config {path} is incomplete: {exc}") from None
+    _check_config_types(config, path)
+    return config
+
+
+def _check_config_types(config: AdapterConfig, path: Path) -> None:
+    """JSON can hold anything: refuse what would fail later with a confusing error."""
+    for name in ("base_model", "base_fingerprint", "family"):
+        if not isinstance(getattr(config, name), str):
+            raise AdapterError(f"adapter config {path}: {name} must be a string")
+    if config.base_revision is not None and not isinstance(config.base_revision, str):
+        raise AdapterError(f"adapter config {path}: base_revision must be a string or null")
+    for name in ("reduction", "layers", "hidden_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AdapterError(
+                f"adapter config {path}: {name} must be a positive integer, not {value!r}"
+            )
+    if not isinstance(config.trainable, list) or not all(
+        isinstance(n, str) for n in config.trainable
+    ):
+        raise AdapterError(f"adapter config {path}: trainable must be a list of names")
 
 
 def load_adapter(
     model: nn.Module, adapter_dir: str | Path, *, family: Family, base_model: str
 ) -> AdapterConfig:
-    """Attach (if needed) and fill adapters from a folder; refuse another base model."""
+    """Attach (if needed) and fill adapters from a folder; refuse another base model.
+
+    Everything is checked before the model is touched: a refused file leaves it as it was.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     config = read_adapter_config(adapter_dir)
-    mine = base_fingerprint(model)
-    if config.base_fingerprint != mine or config.family != family.name:
+    fingerprints = (base_fingerprint(model), base_fingerprint(model, legacy=True))
+    if config.base_fingerprint not in fingerprints or config.family != family.name:
         raise AdapterError(
             f"adapter {adapter_dir} was trained for base model {config.base_model!r} "
             f"and cannot be loaded onto {base_model!r}"
@@ -224,26 +267,56 @@ def load_adapter(
         tensors = load_file(str(path))  # safetensors: no pickle, no code
     except (OSError, SafetensorError) as exc:
         raise AdapterError(f"cannot read {path}: {exc}") from None
-    if adapters_of(model) is None:
-        attach_adapters(model, reduction=config.reduction)
-    expected = set(trainable_names(model, family))
-    if set(tensors) != expected:
-        missing, unexpected = expected - set(tensors), set(tensors) - expected
+    targets = _adapter_targets(model, family, config.reduction)
+    if set(tensors) != set(targets):
+        missing, unexpected = set(targets) - set(tensors), set(tensors) - set(targets)
         raise AdapterError(
             f"adapter {adapter_dir} does not fit this model "
             f"({len(missing)} tensors missing, {len(unexpected)} unexpected)"
         )
+    for name, tensor in sorted(tensors.items()):
+        shape, dtype = targets[name]
+        if tensor.shape != shape:
+            raise AdapterError(
+                f"adapter tensor {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(shape)}"
+            )
+        if not tensor.dtype.is_floating_point:
+            raise AdapterError(f"adapter tensor {name} is {tensor.dtype}, not floating point")
+        if not dtype.is_floating_point:
+            raise AdapterError(
+                f"model parameter {name} is {dtype} (quantized?), so the adapter cannot be "
+                'loaded into it: load the model with [model] quantization = "none"'
+            )
+    if adapters_of(model) is None:
+        attach_adapters(model, reduction=config.reduction)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in tensors.items():
-            if params[name].shape != tensor.shape:
-                raise AdapterError(
-                    f"adapter tensor {name} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {tuple(params[name].shape)}"
-                )
             params[name].copy_(tensor.to(params[name].dtype))
     config.content_hash = config.content_hash or file_hash(path)
     return config
+
+
+def _adapter_targets(
+    model: nn.Module, family: Family, reduction: int
+) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor an adapter file must fill, without attaching."""
+    params = dict(model.named_parameters())
+    if adapters_of(model) is not None:
+        return {n: (params[n].shape, params[n].dtype) for n in trainable_names(model, family)}
+    chosen = _base_trainable_ids(model, family)
+    targets = {n: (p.shape, p.dtype) for n, p in params.items() if id(p) in chosen}
+    hidden = language_model(model).config.hidden_size
+    if hidden % reduction:
+        raise AdapterError(f"hidden size {hidden} is not divisible by reduction {reduction}")
+    ref = decoder_layers(model)[0].post_attention_layernorm.weight.dtype
+    dtype = ref if ref.is_floating_point else torch.get_default_dtype()  # as attach_adapters
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in BottleneckAdapter(hidden, reduction).named_parameters()}
+    for i in range(len(decoder_layers(model))):
+        targets.update({f"{ATTR}.{i}.{n}": (shape, dtype) for n, shape in shapes.items()})
+    return targets
 
 
 def file_hash(path: Path) -> str:

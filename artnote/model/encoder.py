@@ -373,7 +373,13 @@ def ensure_onnx(
             tmp.rename(folder)
         except OSError:
             if not (folder / ONNX_FILE).is_file():  # else another process finished first
-                raise
+                # A folder without its graph (e.g. emptied by hand) would block every run.
+                _discard(folder)
+                try:
+                    tmp.rename(folder)
+                except OSError:
+                    if not (folder / ONNX_FILE).is_file():
+                        raise
     except BaseException:
         print("failed", file=sys.stderr, flush=True)
         raise
@@ -424,11 +430,28 @@ def ensure_int8(path: Path) -> Path:
 
 def _prune(parent: Path, prefix: str) -> None:
     """Keep the KEEP_EXPORTS most recently used exports of a model, and no stale temp folders."""
-    exports = sorted(parent.glob(prefix + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    exports = sorted(_mtimes(parent.glob(prefix + "*")), reverse=True)
     day_ago = time.time() - 86400
-    stale = [p for p in parent.glob(".tmp-*") if p.stat().st_mtime < day_ago]
-    for path in exports[KEEP_EXPORTS:] + stale:
+    stale = [(t, p) for t, p in _mtimes(parent.glob(".tmp-*")) if t < day_ago]
+    for _, path in exports[KEEP_EXPORTS:] + stale:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtimes(paths: Any) -> list[tuple[float, Path]]:
+    """(mtime, path) of each path still there: another process may remove or rename any."""
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            found.append((path.stat().st_mtime, path))
+    return found
+
+
+def _discard(folder: Path) -> None:
+    """Move a broken export aside (one atomic step), then delete it."""
+    aside = folder.with_name(f".tmp-broken-{os.getpid()}-{folder.name}")
+    with contextlib.suppress(OSError):
+        folder.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _opset(device: Any) -> int:

@@ -61,6 +61,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     quiet_transformers()
     native_gqa()
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device = resolve_device(settings.device)
@@ -93,9 +94,20 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         if local or _looks_missing(exc):
             raise ModelNotFoundError(_how_to_get(settings.name, local)) from exc
         raise ModelError(f"cannot load model {settings.name!r}: {_first_line(exc)}") from exc
+    except SafetensorError as exc:  # a truncated or corrupt file, not a missing one
+        raise ModelError(
+            f"the weights of model {name!r} are unreadable (incomplete copy?): "
+            f"{_first_line(exc)}; copy or download them again"
+        ) from exc
     family = family_for(model.config.model_type)
     if quantization is None:
-        model.to(device)
+        try:
+            model.to(device)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            raise ModelError(
+                f"cannot move model {settings.name!r} to {device}: {_first_line(exc)} "
+                '(try [model] quantization = "8bit" or "4bit", or --device cpu)'
+            ) from exc
     model.eval()
     if getattr(processor, "tokenizer", None) is None:
         raise ModelError(f"model {settings.name!r} has no tokenizer in its processor")
@@ -145,21 +157,34 @@ def _quantization_config(quantization: str, device: str, dtype):
             f"quantization = {quantization!r} needs bitsandbytes, which cannot run here "
             f'({_first_line(exc)}); install artnote[gpu] or set quantization = "none"'
         ) from None
+    return BitsAndBytesConfig(**quantization_kwargs(quantization, dtype))
+
+
+# Kept in full precision in both modes: the vision tower and projector are small, the
+# ONNX encoder path needs real weights and adapters load into the projector; lm_head
+# (transformers skips it by default, but an explicit list replaces that default).
+QUANTIZATION_SKIP = [
+    "vision_tower",
+    "vision_model",
+    "multi_modal_projector",
+    "connector",
+    "lm_head",
+]
+
+
+def quantization_kwargs(quantization: str, dtype) -> dict[str, Any]:
+    """BitsAndBytesConfig arguments for "8bit" or "4bit"."""
+    skip = {"llm_int8_skip_modules": list(QUANTIZATION_SKIP)}
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    # Keep the vision tower and projector in full precision: they are small and the
-    # ONNX encoder path needs real weights.
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_type="nf4",
-        llm_int8_skip_modules=[
-            "vision_tower",
-            "vision_model",
-            "multi_modal_projector",
-            "connector",
-        ],
-    )
+        return {"load_in_8bit": True, **skip}
+    if quantization == "4bit":
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_compute_dtype": dtype,
+            "bnb_4bit_quant_type": "nf4",
+            **skip,
+        }
+    raise ModelError(f'unknown quantization {quantization!r}; use "none", "8bit" or "4bit"')
 
 
 def _must_stay_offline(name: str) -> bool:

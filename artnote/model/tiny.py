@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from artnote.emotions import EMOTIONS
-from artnote.errors import ArtnoteError
+from artnote.errors import ArtnoteError, ConfigError
 from artnote.model import prompts
 
 TINY_FAMILIES = ("llava", "smolvlm")
@@ -55,18 +55,29 @@ _CORPUS = [
 ] + [f"It makes me feel {e} because the colours and the light." for e in EMOTIONS]
 
 
-def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
-    """Write a tiny random model of `family` to out_dir; return the folder."""
+def build_tiny_model(
+    out_dir: str | Path, family: str, seed: int = 0, *, force: bool = False
+) -> Path:
+    """Write a tiny random model of `family` to out_dir; return the folder.
+
+    out_dir must be empty, missing, or an earlier tiny model, unless force: random
+    weights written over a real checkpoint would ruin it.
+    """
     if family not in TINY_FAMILIES:
         raise ArtnoteError(f"unknown family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    out = Path(out_dir)
+    if not force:
+        _check_writable(out)
     import torch
     from transformers import AutoModelForImageTextToText
 
     from artnote.model.load import quiet_transformers
 
     quiet_transformers()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create folder {out}: {exc.strerror or exc}") from None
     torch.manual_seed(seed)
     tokenizer = family_tokenizer(family)
     config, processor = config_and_processor(family, tokenizer, TINY_SHAPES[family])
@@ -80,6 +91,25 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0) -> Path:
         f"# tiny {family} model\n\n{RANDOM_WEIGHTS_NOTE}\n", encoding="utf-8"
     )
     return out
+
+
+def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder: choose another folder")
+    if not out.is_dir() or not any(out.iterdir()) or _is_tiny(out):
+        return
+    raise ConfigError(
+        f"folder {out} is not empty and does not hold a tiny model: choose an empty "
+        "folder, or pass --force to write random weights over what is there"
+    )
+
+
+def _is_tiny(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("artnote_note") == RANDOM_WEIGHTS_NOTE
 
 
 # The special tokens the Idefics3/SmolVLM processor expects in its tokenizer.
