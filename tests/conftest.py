@@ -65,3 +65,70 @@ def _isolated(tmp_path, monkeypatch):
     for var in list(os.environ):
         if var.startswith("ARTNOTE_") and var not in ("ARTNOTE_ART_DIR", "ARTNOTE_CACHE_DIR"):
             monkeypatch.delenv(var, raising=False)
+
+
+def _postgres_bin() -> Path | None:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))  # Debian's layout
+    found = versions[-1] if versions else shutil.which("pg_ctl")
+    return Path(found).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_socket_dir():
+    """A throwaway PostgreSQL server from the machine's own binaries, listening only on a
+    socket in a temporary folder (no TCP); skipped where there is no server or driver."""
+    import subprocess
+    import tempfile
+
+    pytest.importorskip(
+        "psycopg", reason="psycopg is not installed (pip install artnote[postgres])"
+    )
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (pg_ctl) on this machine")
+    base = Path(tempfile.mkdtemp(prefix="artnote-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as postgres
+        import pwd
+
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres account for the server")
+        os.chown(base, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+
+    def run(*args: object) -> None:
+        subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True)
+
+    run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "artnote", "--no-sync")
+    options = f"-k {base} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
+    run(bindir / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start")
+    try:
+        yield base
+    finally:
+        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_socket_dir) -> str:
+    """A new, empty PostgreSQL database on the throwaway server, as a catalog URL."""
+    import uuid
+
+    import psycopg
+
+    name = "t" + uuid.uuid4().hex[:16]
+    with psycopg.connect(host=str(postgres_socket_dir), user="artnote", dbname="postgres") as conn:
+        conn.autocommit = True
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://artnote@/{name}?host={postgres_socket_dir}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request, tmp_path) -> str:
+    """A new, empty catalog: a SQLite file, then a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.db")
+    return request.getfixturevalue("postgres_url")

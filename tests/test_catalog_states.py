@@ -63,11 +63,11 @@ def _export(cat, path: Path) -> Path:
     return path
 
 
-def test_a_stale_row_does_not_correct_the_image_now_at_its_path(tmp_path):
+def test_a_stale_row_does_not_correct_the_image_now_at_its_path(catalog_url, tmp_path):
     """An export row of content A, imported after A's file was replaced by content B, must
     not turn A's unedited text into curator corrections of B."""
     root = tmp_path / "collection"
-    with open_catalog(tmp_path / "cat.db") as cat:
+    with open_catalog(catalog_url) as cat:
         cid, run, _ = _annotated(cat, root, {"p.jpg": "alt A", "q.jpg": "alt Q"})
         csv_file = _export(cat, tmp_path / "export.csv")
         (new,) = _files(root, {"p.jpg": b"content B, rewritten"})
@@ -85,8 +85,8 @@ def test_a_stale_row_does_not_correct_the_image_now_at_its_path(tmp_path):
     assert rows["p.jpg"]["alt_text"] == "alt B" and rows["p.jpg"]["status"] == "draft"
 
 
-def test_a_mangled_sha256_cell_still_finds_the_row_by_path(tmp_path):
-    with open_catalog(tmp_path / "cat.db") as cat:
+def test_a_mangled_sha256_cell_still_finds_the_row_by_path(catalog_url, tmp_path):
+    with open_catalog(catalog_url) as cat:
         _annotated(cat, tmp_path / "collection", {"p.jpg": "alt A"})
         csv_file = _export(cat, tmp_path / "export.csv")
         sha = hashlib.sha256(b"content p.jpg").hexdigest()
@@ -98,21 +98,21 @@ def test_a_mangled_sha256_cell_still_finds_the_row_by_path(tmp_path):
 
 
 @pytest.mark.parametrize("alt", ["'-starts with a quote", "''=two quotes", "'plain", "=sum()"])
-def test_cells_with_leading_apostrophes_round_trip(tmp_path, alt):
+def test_cells_with_leading_apostrophes_round_trip(catalog_url, tmp_path, alt):
     """Formula neutralising adds one apostrophe and the import takes one off: a value that
     already starts with apostrophes must come back as it was (no correction)."""
-    with open_catalog(tmp_path / "cat.db") as cat:
+    with open_catalog(catalog_url) as cat:
         _annotated(cat, tmp_path / "collection", {"p.jpg": alt})
         report = import_csv(cat, _export(cat, tmp_path / "export.csv"), by="curator")
         assert report.imported and not report.bad
         assert report.corrections == 0 and report.unchanged_rows == 1
 
 
-def test_an_unreadable_root_marks_nothing_missing(tmp_path, monkeypatch):
+def test_an_unreadable_root_marks_nothing_missing(catalog_url, tmp_path, monkeypatch):
     from artnote import discover
 
     root = tmp_path / "collection"
-    with open_catalog(tmp_path / "cat.db") as cat:
+    with open_catalog(catalog_url) as cat:
         cid, run, _ = _annotated(cat, root, {"a.jpg": "alt A", "b.jpg": "alt B"})
         cat.finish_run(run, "completed", {})
         real_open = discover._open_dir
@@ -133,11 +133,11 @@ def test_an_unreadable_root_marks_nothing_missing(tmp_path, monkeypatch):
         assert {k.status for k in cat.known_files(cid).values()} == {"annotated"}
 
 
-def test_a_renamed_or_copied_file_keeps_its_size_and_format(tmp_path):
+def test_a_renamed_or_copied_file_keeps_its_size_and_format(catalog_url, tmp_path):
     """A content already annotated is not decoded again: a renamed or copied file takes the
     facts its twin was decoded with (also in the fast CSV path)."""
     root = tmp_path / "collection"
-    with open_catalog(tmp_path / "cat.db") as cat:
+    with open_catalog(catalog_url) as cat:
         meta = {"p.jpg": ImageMeta(640, 480, "JPEG", "RGB")}
         cid, run, _ = _annotated(cat, root, {"p.jpg": "alt A"}, meta=meta)
         (root / "p.jpg").rename(root / "renamed.jpg")
@@ -153,11 +153,11 @@ def test_a_renamed_or_copied_file_keeps_its_size_and_format(tmp_path):
     assert len(lines) == 4 and all(",640,480," in line for line in lines[1:])
 
 
-def test_twins_of_a_content_that_fails_fail_with_it(tmp_path):
+def test_twins_of_a_content_that_fails_fail_with_it(catalog_url, tmp_path):
     """Byte-identical files fail the same way: one failure marks them all, so later scans
     do not load the model once per twin."""
     root = tmp_path / "collection"
-    with open_catalog(tmp_path / "cat.db") as cat:
+    with open_catalog(catalog_url) as cat:
         cid = cat.ensure_collection(root)
         run = cat.start_run({}, "tiny/llava", None)
         states = _files(root, {"a.jpg": b"same", "b.jpg": b"same", "c.jpg": b"other"})
@@ -169,3 +169,39 @@ def test_twins_of_a_content_that_fails_fail_with_it(tmp_path):
     assert known["a.jpg"].status == known["b.jpg"].status == "failed"
     assert known["c.jpg"].status == "pending"
     assert [p.image_id for p in pending] == [ids["c.jpg"]]
+
+
+def test_write_transactions_wait_for_each_other(catalog_url, tmp_path):
+    """Two processes adding the same new folder at once: the second waits for the first's
+    transaction and then finds its row (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory
+    lock), instead of reading "not there" and failing on the unique key."""
+    import threading
+
+    from sqlalchemy import insert
+
+    from artnote.catalog.models import utcnow
+    from artnote.catalog.queries import collections
+
+    root = (tmp_path / "collection").resolve()
+    first, second = open_catalog(catalog_url), open_catalog(catalog_url)
+    outcome: dict[str, object] = {}
+
+    def add_the_same_folder():
+        try:
+            outcome["id"] = second.ensure_collection(root)
+        except Exception as exc:  # reported below, not lost in the thread
+            outcome["error"] = exc
+
+    try:
+        with first._write() as conn:
+            conn.execute(insert(collections).values(root=str(root), created_at=utcnow()))
+            other = threading.Thread(target=add_the_same_folder)
+            other.start()
+            other.join(0.5)
+            assert other.is_alive(), outcome  # waiting for this transaction
+        other.join(10)
+        assert "error" not in outcome, outcome["error"]
+        assert outcome["id"] == first.ensure_collection(root)
+    finally:
+        first.close()
+        second.close()

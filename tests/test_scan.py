@@ -94,6 +94,24 @@ def test_scan_then_export_csv(cli, art_copy, monkeypatch):
     assert len(lines) == 8 and json.loads(lines[0])["provenance"]["prompt_hash"]
 
 
+def test_the_whole_loop_runs_on_a_postgresql_catalog(cli, art_copy, monkeypatch, postgres_url):
+    """Scan, rescan, export, correct and status against PostgreSQL (a throwaway server)."""
+    monkeypatch.setenv("ARTNOTE_CATALOG", postgres_url)
+    cli("scan", art_copy, *FAST)
+    assert "8 unchanged" in cli("scan", art_copy).output
+    rows = _rows(cli("export", "csv").stdout)
+    assert len(rows) == 8 and all(r["annotated_at"].endswith("+00:00") for r in rows)
+    for row in rows:
+        assert abs(sum(float(row[c]) for c in EMOTION_COLUMNS) - 1) < 1e-6
+    cli("correct", rows[0]["path"], "--alt-text", "A corrected alt text.", "--by", "curator")
+    again = {r["path"]: r for r in _rows(cli("export", "csv").stdout)}
+    assert again[rows[0]["path"]]["alt_text"] == "A corrected alt text."
+    assert again[rows[0]["path"]]["status"] == "corrected"
+    status = json.loads(cli("status", "--json").stdout)
+    assert (status["annotated"], status["corrected"], status["runs"]) == (8, 1, 2)
+    assert json.loads(cli("export", "jsonl").stdout.splitlines()[0])["provenance"]
+
+
 def test_rescan_of_unchanged_folder_opens_nothing(cli, art_copy, monkeypatch):
     cli("scan", art_copy, *FAST)
     from artnote.model import annotate

@@ -84,7 +84,27 @@ def create_catalog_engine(url_or_path: str | Path, *, write: bool = False) -> En
         raise CatalogError(f"cannot open catalog {display_url(url)}: {exc}") from None
     if url.get_backend_name() == "sqlite":
         _tune_sqlite(engine, sqlite_journal_mode(url.database))
+    elif url.get_backend_name() == "postgresql":
+        _serialise_postgres_writes(engine)
     return engine.execution_options(**WRITE_OPTIONS) if write else engine
+
+
+PG_WRITE_LOCK = 0x61727411  # advisory lock key of catalog writes (migrations use their own)
+
+
+def _serialise_postgres_writes(engine: Engine) -> None:
+    """PostgreSQL's BEGIN IMMEDIATE: a write transaction first takes one advisory lock.
+
+    The catalog's writes read before they write (is this folder, file or content
+    known? then insert), and at READ COMMITTED two processes would both read "no"
+    and one would then fail on a unique key, or both annotate one content. The
+    lock is the transaction's, released by its commit or rollback.
+    """
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(BEGIN_OPTION) == "IMMEDIATE":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
 
 
 # Filesystems where several processes cannot share SQLite's WAL index safely
