@@ -269,3 +269,26 @@ def test_models_tiny_cli_refuses_then_forces(tmp_path):
     assert refused.exit_code == 1 and "--force" in refused.output, refused.output
     forced = CliRunner().invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def test_a_cached_checkpoint_needs_its_weights_at_the_revision_asked_for(tmp_path, monkeypatch):
+    """A hub id counts as cached (so loading stays offline) only when its config and
+    weights are in the cache at the wanted revision: a config alone, or another revision,
+    must not force an offline load that then fails although the hub could be reached."""
+    from huggingface_hub import constants
+
+    from artnote.model.load import _in_local_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--museum--painter"
+    commit = "a" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snapshot / "config.json").write_text("{}")
+    assert not _in_local_cache("museum/painter")  # config only
+    (snapshot / "model.safetensors.index.json").write_text("{}")
+    assert _in_local_cache("museum/painter")
+    assert _in_local_cache("museum/painter", commit)
+    assert not _in_local_cache("museum/painter", "v2")  # a revision that was never fetched

@@ -74,7 +74,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     }
     local = Path(settings.name).expanduser().is_dir()
     if not local:
-        kwargs["local_files_only"] = _must_stay_offline(settings.name)
+        kwargs["local_files_only"] = _must_stay_offline(settings.name, settings.revision)
     # Weights only from safetensors: a pickled .bin checkpoint can run code when loaded.
     model_kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     quantization = _quantization_config(settings.quantization, device, dtype)
@@ -135,9 +135,9 @@ def check_model_available(settings: ModelSettings) -> None:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(_how_to_get(settings.name, local=True))
         return
-    if _in_local_cache(settings.name):
+    if _in_local_cache(settings.name, settings.revision):
         return
-    if _must_stay_offline(settings.name):
+    if _must_stay_offline(settings.name, settings.revision):
         raise ModelNotFoundError(_how_to_get(settings.name, local=False))
 
 
@@ -187,20 +187,29 @@ def quantization_kwargs(quantization: str, dtype) -> dict[str, Any]:
     raise ModelError(f'unknown quantization {quantization!r}; use "none", "8bit" or "4bit"')
 
 
-def _must_stay_offline(name: str) -> bool:
-    """True when only the local cache may be used (offline, or the hub is unreachable)."""
+def _must_stay_offline(name: str, revision: str | None = None) -> bool:
+    """True when only the local cache may be used (offline, the checkpoint is cached, or
+    the hub is unreachable)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return True
-    if _in_local_cache(name):
+    if _in_local_cache(name, revision):
         return True
     return not _hub_reachable()
 
 
-def _in_local_cache(name: str) -> bool:
+# A checkpoint is in the cache when its config and its weights (one file, or the index of
+# the shards) are there, at the revision asked for.
+_CACHED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _in_local_cache(name: str, revision: str | None = None) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+        def cached(filename: str) -> bool:
+            return isinstance(try_to_load_from_cache(name, filename, revision=revision), str)
+
+        return cached("config.json") and any(cached(f) for f in _CACHED_WEIGHTS)
     except Exception:  # a malformed id: let from_pretrained give its own error
         return False
 
