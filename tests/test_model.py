@@ -353,3 +353,25 @@ def test_multi_token_labels_are_scored_apart(tiny_models, art_images, family, de
         start = enc["input_ids"].shape[1] - 1
         want = sum(logp[start + j, t] for j, t in enumerate(label))
         assert abs(float(fast[k]) - float(want)) < 1e-4, (k, fast[k], want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampled_text_of_an_image_does_not_depend_on_its_batch(tiny_models, art_images, family):
+    """With do_sample, each image draws from its own generator (seed and pixels): its text
+    is the same alone, first or last in a batch; another seed gives other text."""
+    loaded = _load(tiny_models[family])
+    gen = GenerationSettings(
+        alt_text_tokens=6, description_tokens=10, explanation_tokens=6, do_sample=True,
+        temperature=1.5, top_p=0.95,
+    )  # fmt: skip
+    annotator = Annotator(loaded, gen)
+    a, b, c = art_images[:3]
+
+    def texts(anns):
+        return [(x.alt_text, x.description, x.explanation) for x in anns]
+
+    batch = texts(annotator.annotate([a, b, c]))
+    assert texts(annotator.annotate([b])) == batch[1:2]
+    assert texts(annotator.annotate([c, a])) == [batch[2], batch[0]]
+    annotator.gen = GenerationSettings(**{**gen.__dict__, "seed": 1})
+    assert texts(annotator.annotate([a, b, c])) != batch

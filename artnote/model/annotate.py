@@ -20,6 +20,7 @@ slots are seen by no token, so they do not change any result.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import defaultdict
@@ -107,7 +108,7 @@ class Annotator:
             loglik = self._score_emotions(kv, mask)
             probs = torch.softmax(loglik.double(), dim=-1)
             dominant = [EMOTIONS[i] for i in probs.argmax(dim=-1).tolist()]
-            texts = self._generate(kv, mask, dominant)
+            texts = self._generate(kv, mask, dominant, _Sampler(self.gen, images, mask.device))
         ms = (time.perf_counter() - start) * 1000 / len(images)
         out = []
         for i, emotion in enumerate(dominant):
@@ -200,7 +201,7 @@ class Annotator:
         self.stats["scoring"] += time.perf_counter() - t0
         return loglik
 
-    def _generate(self, kv, mask, dominant: list[str]) -> list[dict[str, str]]:
+    def _generate(self, kv, mask, dominant: list[str], sampler: _Sampler) -> list[dict[str, str]]:
         import torch
 
         t0 = time.perf_counter()
@@ -242,12 +243,11 @@ class Annotator:
         cols = list(range(n))  # fields still generating in some row
         generated: list[list[list[int]]] = [[[] for _ in GEN_FIELDS] for _ in dominant]
         eos = torch.tensor(sorted(self.eos_ids), device=device)
-        sampler = _Sampler(self.gen, device)
         step = 0
         while True:
             if step < self.gen.min_new_tokens and len(eos):
                 logits[..., eos] = float("-inf")
-            token = sampler(logits.flatten(0, 1)).view(logits.shape[:2])
+            token = sampler(logits, index.tolist(), cols)
             step += 1
             wanted = live[:, cols]
             for r, toks, keep in zip(index.tolist(), token.tolist(), wanted.tolist(), strict=True):
@@ -429,17 +429,30 @@ class _Tree:
 
 
 class _Sampler:
-    """Greedy by default; temperature + top-p sampling from a seeded generator."""
+    """Greedy by default; else temperature + top-p sampling, from one generator per image.
 
-    def __init__(self, gen: GenerationSettings, device: Any) -> None:
+    Each image's generator is seeded from the seed and the image's pixels, and gives
+    one uniform number per field at every step the image is decoded, whichever of its
+    fields still run: so an image's text does not depend on its batch neighbours or its
+    place in the batch, and the seed reproduces it (also when a failed batch is retried
+    image by image).
+    """
+
+    def __init__(self, gen: GenerationSettings, images: list[Any], device: Any) -> None:
         import torch
 
         self.gen = gen
-        self.generator = None
+        self.generators = []
         if gen.do_sample:
-            self.generator = torch.Generator(device=device).manual_seed(gen.seed)
+            for image in images:
+                digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=b"artnote")
+                digest.update(str(gen.seed).encode())
+                seed = int.from_bytes(digest.digest(), "little") >> 1  # torch takes < 2**63
+                self.generators.append(torch.Generator(device=device).manual_seed(seed))
 
-    def __call__(self, logits):
+    def __call__(self, logits, images: list[int], cols: list[int]):
+        """Next tokens (rows, len(cols)) from logits (rows, len(cols), vocab), where row r
+        is image images[r] and column k its field cols[k]."""
         import torch
 
         if not self.gen.do_sample:
@@ -447,8 +460,17 @@ class _Sampler:
         probs = torch.softmax(logits / max(self.gen.temperature, 1e-5), dim=-1)
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > self.gen.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        pick = torch.multinomial(sorted_p, 1, generator=self.generator)
+        cumulative = sorted_p.masked_fill(drop, 0.0).cumsum(-1)
+        uniform = torch.stack(
+            [
+                torch.rand(len(GEN_FIELDS), generator=g, device=g.device)
+                for g in (self.generators[i] for i in images)
+            ]
+        )[:, cols].to(cumulative.dtype)
+        # Inverse CDF: the first token whose cumulative probability exceeds u x total.
+        target = uniform[..., None] * cumulative[..., -1:]
+        pick = torch.searchsorted(cumulative, target, right=True)
+        pick = pick.clamp(max=cumulative.shape[-1] - 1)
         return order.gather(-1, pick).squeeze(-1)
 
 
