@@ -191,9 +191,13 @@ def export(
         tmp = out.with_name(out.name + ".partial")
         # A BOM makes Excel read the file as UTF-8 (stdout stays plain UTF-8 for pipes).
         encoding = "utf-8-sig" if fmt == "csv" else "utf-8"
-        with open(tmp, "w", encoding=encoding, newline="") as fh:
-            count = writers[fmt](rows, fh)
-        tmp.replace(out)
+        try:
+            with open(tmp, "w", encoding=encoding, newline="") as fh:
+                count = writers[fmt](rows, fh)
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ArtnoteError(f"cannot write {out}: {exc.strerror or exc}") from None
         _err(f"wrote {count} annotations to {out}")
 
 

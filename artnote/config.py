@@ -131,24 +131,37 @@ def _apply(settings: Settings, data: dict[str, Any], source: str) -> None:
         for key, value in values.items():
             if key not in types:
                 raise ConfigError(f"unknown setting [{section}] {key} in {source}")
-            default = getattr(target, key)
+            # The declared default gives the type (the current value may come from a file).
+            declared = types[key]
+            default = (
+                declared.default_factory()
+                if declared.default is dataclasses.MISSING
+                and declared.default_factory is not dataclasses.MISSING
+                else declared.default
+            )
             setattr(target, key, _coerce(value, default, f"[{section}] {key}", source))
 
 
 def _coerce(value: Any, default: Any, name: str, source: str) -> Any:
-    """Convert strings from the environment to the type of the default."""
+    """Convert a TOML value, or a string from the environment, to the type of the default:
+    no silent rounding (2.9 is not an integer) and no numbers read as yes/no."""
     try:
         if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
                     return True
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
-                raise ValueError(value)
-            return bool(value)
+            raise ValueError(value)
         if isinstance(default, int):
+            if isinstance(value, bool | float):
+                raise ValueError(value)
             return int(value)
         if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if isinstance(default, list):
             if isinstance(value, str):

@@ -75,3 +75,12 @@ def test_readme_quick_start_works_as_written(tmp_path, art_paths):
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
     rows = (work / "annotations.csv").read_text(encoding="utf-8-sig").splitlines()
     assert len(rows) == 9  # header + the eight paintings
+
+
+def test_export_to_a_folder_that_is_not_there_is_one_line_error(tmp_path):
+    env = {"ARTNOTE_CATALOG": str(tmp_path / "catalog.db")}
+    out = tmp_path / "no such folder" / "x.csv"
+    result = CliRunner().invoke(app, ["export", "csv", "--out", str(out)], env=env)
+    assert result.exit_code == 1, result.output
+    assert f"cannot write {out}" in result.stderr and "Traceback" not in result.output
+    assert not out.parent.exists()

@@ -50,3 +50,27 @@ def test_env_booleans_and_lists():
     s = load_settings(env=env)
     assert s.model.trust_remote_code is True
     assert s.scan.extensions == ["jpg", "png"]
+
+
+def test_none_clears_an_optional_setting_that_a_file_set(tmp_path):
+    toml = tmp_path / "a.toml"
+    toml.write_text('[model]\nadapter = "latest"\nrevision = "v2"\n')
+    assert load_settings(toml, env={}).model.adapter == "latest"
+    s = load_settings(toml, env={"ARTNOTE_MODEL_ADAPTER": "none", "ARTNOTE_MODEL_REVISION": ""})
+    assert s.model.adapter is None and s.model.revision is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[scan]\nbatch_size = 2.9\n",  # not silently 2
+        "[scan]\nbatch_size = true\n",
+        "[generation]\ntemperature = true\n",  # not silently 1.0
+        "[generation]\ndo_sample = 1\n",
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_not_converted(tmp_path, text):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    with pytest.raises(ConfigError, match="cannot use"):
+        load_settings(toml, env={})
