@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from artnote.cli_options import CatalogOpt, ConfigOpt, JsonOpt, ModelOpt
 from artnote.errors import ArtnoteError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 1, 2, 3
@@ -42,30 +43,6 @@ app = typer.Typer(
 )
 models_app = typer.Typer(cls=_Group, help="Build and convert models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-# Options shared by several commands, declared once.
-CatalogOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--catalog",
-        help="Catalog path or SQLAlchemy URL [default: artnote.db].",
-        envvar="ARTNOTE_CATALOG",
-        show_envvar=True,
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Hub id or local model folder [default: [model] name].",
-        envvar="ARTNOTE_MODEL",
-        show_envvar=True,
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="artnote.toml to read [default: ./artnote.toml].")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def _settings(config: Path | None, **sections):

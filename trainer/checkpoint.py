@@ -3,7 +3,8 @@
     adapter.safetensors, adapter_config.json   the adapter (artnote.model.adapters)
     hyperparameters.toml                       what made it
     metrics.json                               validation metrics so far
-    optimizer.safetensors, trainer_state.json  what --resume needs (no pickle)
+    optimizer.safetensors, trainer_state.json  what --resume needs (no pickle): the step,
+                                               losses, hyperparameters and split
 
 A folder is written under a temporary name and renamed when complete, so a
 crash mid-write never leaves a checkpoint that --resume would trust.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tomllib
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,27 @@ def load_optimizer_state(
 
 def read_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def stored_hyperparameters(folder: Path) -> dict[str, Any]:
+    """The hyperparameters a checkpoint was made with (older ones: from hyperparameters.toml)."""
+    stored = read_state(folder).get("hyperparameters")
+    if isinstance(stored, dict):
+        return stored
+    path = folder / "hyperparameters.toml"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from None
+
+
+def resume_point(out_dir: Path) -> Path | None:
+    """Where --resume continues: a complete final/ (finished, maybe never registered),
+    else the latest complete step-N/."""
+    final = out_dir / "final"
+    if (final / "trainer_state.json").is_file():
+        return final
+    return latest_checkpoint(out_dir)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

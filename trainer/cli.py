@@ -1,8 +1,12 @@
 """`artnote finetune`: registered into artnote's CLI through the entry point
-`artnote.commands` (pyproject.toml), so artnote never imports the trainer."""
+`artnote.commands` (pyproject.toml), so artnote never imports the trainer.
+
+The options shared with artnote's commands come from artnote.cli_options.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -10,40 +14,54 @@ from typing import Annotated
 
 import typer
 
+from artnote.cli_options import CatalogOpt, ConfigOpt, ModelOpt
+
 
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
 
 
 def finetune(
-    epochs: Annotated[int, typer.Option(help="Passes over the curated samples.")] = 3,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 4,
-    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimizer step.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the curated samples.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (greater than 0).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 4,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Forward passes per optimizer step.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the split, the order and the adapters.")] = 0,
     name: Annotated[str | None, typer.Option(help="Name to register the adapter under.")] = None,
     from_adapter: Annotated[
-        str | None, typer.Option(help="Start from this adapter (name, folder or 'latest').")
+        str | None,
+        typer.Option(
+            help="Start from this adapter (name, folder or 'latest'); its held-out images "
+            "stay held out."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint folder [default: adapters/NAME].")
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue from the last step-N checkpoint in --out.")
+        bool,
+        typer.Option(
+            help="Continue the run in --out (or adapters/NAME) from its last checkpoint, on the "
+            "images it started with; needs --name or --out and the same hyperparameters."
+        ),
     ] = False,
     checkpoint_every: Annotated[
-        int, typer.Option(help="Optimizer steps between checkpoints.")
+        int, typer.Option(min=1, help="Optimizer steps between checkpoints.")
     ] = 50,
-    catalog: Annotated[
-        str | None, typer.Option(help="Catalog path or URL.", envvar="ARTNOTE_CATALOG")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Hub id or local model folder.", envvar="ARTNOTE_MODEL")
-    ] = None,
+    catalog: CatalogOpt = None,
+    model: ModelOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Train the ArtGPT-4 adapters on corrected and approved annotations, and register them."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise typer.BadParameter("must be a finite number greater than 0", param_hint="--lr")
+    if resume and name is None and out is None:
+        raise typer.BadParameter(
+            "needs --name or --out: the run to continue (a new name would start a new run)",
+            param_hint="--resume",
+        )
     from artnote.catalog import open_catalog
     from artnote.config import load_settings
     from artnote.model.adapters import read_adapter_config
@@ -53,14 +71,18 @@ def finetune(
     from trainer.finetune import finetune as run
 
     settings = load_settings(
-        overrides={"catalog": {"url": catalog}, "model": {"name": model, "device": device}}
+        config,
+        overrides={"catalog": {"url": catalog}, "model": {"name": model, "device": device}},
     )
     cat = open_catalog(settings.catalog.url)
     name = name or time.strftime("adapter-%Y%m%d-%H%M%S")
-    if any(a["name"] == name for a in cat.adapters()):
+    registered = cat.adapters()
+    if any(a["name"] == name for a in registered):
         raise typer.BadParameter(
             f"an adapter named {name!r} exists; choose another --name", param_hint="--name"
         )
+    out = (out or Path("adapters") / name).resolve()
+    _check_out(out, registered, resume)
     start_from, _ = resolve_adapter(cat, from_adapter)
     curated = [
         CuratedImage(
@@ -82,7 +104,6 @@ def finetune(
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
-    out = (out or Path("adapters") / name).resolve()
     result = run(
         curated,
         settings,
@@ -92,20 +113,44 @@ def finetune(
         resume=resume,
         progress=not quiet and sys.stderr.isatty(),
     )
-    config = read_adapter_config(result.final_dir)
+    adapter_config = read_adapter_config(result.final_dir)
     cat.register_adapter(
         name=name,
         path=str(result.final_dir),
-        content_hash=config.content_hash,
-        base_model=config.base_model,
-        family=config.family,
+        content_hash=adapter_config.content_hash,
+        base_model=adapter_config.base_model,
+        family=adapter_config.family,
         metrics=result.metrics,
         training_samples=result.samples,
     )
     losses = result.losses
+    loss = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, " if losses else ""
     typer.echo(
-        f"adapter {name!r}: {result.samples} samples, {result.steps} steps, "
-        f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, {result.trainable_parameters} trainable "
-        f"parameters, {result.seconds:.0f} s; saved to {result.final_dir}",
+        f"adapter {name!r}: {result.samples} samples, {result.steps} steps, {loss}"
+        f"{result.trainable_parameters} trainable parameters, {result.seconds:.0f} s; "
+        f"saved to {result.final_dir}",
         err=True,
     )
+    if result.left_out:
+        typer.echo(
+            f"{result.left_out} image(s) curated since this run started were left out of it "
+            "(a resumed run trains the images it started with); the next run will use them",
+            err=True,
+        )
+
+
+def _check_out(out: Path, registered: list[dict], resume: bool) -> None:
+    """Never write over a registered adapter, nor over a finished run unless resuming it."""
+    for adapter in registered:
+        path = Path(adapter["path"]).resolve()
+        if path in (out, out / "final") or path in out.parents:
+            raise typer.BadParameter(
+                f"{out} holds the registered adapter {adapter['name']!r}; choose another --out",
+                param_hint="--out",
+            )
+    if not resume and (out / "final").exists():
+        raise typer.BadParameter(
+            f"{out} already holds a finished adapter (final/); choose another --out, "
+            "or --resume to finish that same run",
+            param_hint="--out",
+        )

@@ -1,6 +1,7 @@
 """Losses, built from exactly the prompt pieces the scanner uses.
 
-Text fields: cross-entropy on the answer tokens only (prompt and image masked).
+Text fields: cross-entropy on the answer tokens only (prompt and image masked),
+averaged over each answer's tokens so that every sample weighs the same.
 Emotion: the nine label words are scored as at scan time (sum of the label
 tokens' log-probabilities after the emotion question); the loss is the
 cross-entropy between softmax(scores) and the target distribution, which is the
@@ -126,6 +127,7 @@ class Objective:
         return torch.cat([embeds, embed(ids)], 1), torch.cat([mask, tail_mask], 1), ids, tail_mask
 
     def text_loss(self, samples: list[Sample], images: list[Any]) -> torch.Tensor:
+        """Cross-entropy on the answer tokens, averaged per sample, then over samples."""
         embeds, mask = self._prefix_embeds(images)
         pieces = [self.answer_ids(s) for s in samples]
         tails = [suffix + answer for suffix, answer in pieces]
@@ -139,9 +141,16 @@ class Objective:
             ]
         # logits at position p predict token p+1
         pred = logits[:, start - 1 : start - 1 + ids.shape[1]]
-        return torch.nn.functional.cross_entropy(
-            pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100
-        )
+        per_token = torch.nn.functional.cross_entropy(
+            pred.reshape(-1, pred.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).view(labels.shape)
+        # Mean over each answer's tokens, then over samples: a long description weighs
+        # as much as a short alt text, and the loss does not depend on the batching.
+        counts = (labels != -100).sum(-1).clamp(min=1)
+        return (per_token.sum(-1) / counts).mean()
 
     def emotion_scores(self, images: list[Any]) -> torch.Tensor:
         """(B, 9) label log-likelihoods, with gradients."""
