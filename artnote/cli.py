@@ -70,7 +70,9 @@ def scan(
     model: ModelOpt = None,
     adapter: Annotated[
         str | None,
-        typer.Option(help="Adapter folder to apply [default: [model] adapter, or none]."),
+        typer.Option(
+            help="Adapter folder to apply (default: the adapter in artnote.toml, or none)."
+        ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
@@ -225,7 +227,7 @@ def search(
 ByOpt = Annotated[
     str | None,
     typer.Option(
-        "--by", help="Who made the change (kept with it) [default: $USER].", envvar="ARTNOTE_BY"
+        "--by", help="Who made the change, kept with it (default: $USER).", envvar="ARTNOTE_BY"
     ),
 ]
 
@@ -440,7 +442,7 @@ def selftest(
     json_out: JsonOpt = False,
     images: Annotated[
         Path | None,
-        typer.Option(help="Folder of sample images [default: ../shared/art if present]."),
+        typer.Option(help="Folder of sample images (default: ../shared/art if present)."),
     ] = None,
 ) -> None:
     """Build tiny models of each family offline and check every stage end to end."""

@@ -15,7 +15,7 @@ CatalogOpt = Annotated[
     str | None,
     typer.Option(
         "--catalog",
-        help="Catalog path or SQLAlchemy URL [default: artnote.db].",
+        help="Catalog path or SQLAlchemy URL (default: artnote.db).",
         envvar="ARTNOTE_CATALOG",
         show_envvar=True,
     ),
@@ -24,12 +24,12 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="Hub id or local model folder [default: [model] name].",
+        help="Hub id or local model folder (default: the model name in artnote.toml).",
         envvar="ARTNOTE_MODEL",
         show_envvar=True,
     ),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="artnote.toml to read [default: ./artnote.toml].")
+    Path | None, typer.Option("--config", help="artnote.toml to read (default: ./artnote.toml).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]

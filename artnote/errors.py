@@ -22,7 +22,16 @@ class AdapterError(ArtnoteError):
 
 
 class ImageError(ArtnoteError):
-    """One image cannot be read; the scan records the reason and goes on."""
+    """One image cannot be read; the scan records the reason and goes on.
+
+    `of_content`: the bytes themselves are at fault (corrupt, too large, not an image),
+    so every file with those bytes would fail alike; False for what belongs to one path
+    or one moment (cannot open the file, out of memory).
+    """
+
+    def __init__(self, message: str, *, of_content: bool = True) -> None:
+        super().__init__(message)
+        self.of_content = of_content
 
 
 class CatalogError(ArtnoteError):

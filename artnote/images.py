@@ -66,7 +66,7 @@ def decode_image(
     try:
         f = open(path, "rb")
     except OSError as exc:
-        raise ImageError(_os_reason(exc)) from None
+        raise ImageError(_os_reason(exc), of_content=False) from None
     with f:
         if os.fstat(f.fileno()).st_size == 0:
             raise ImageError("empty file")
@@ -74,8 +74,8 @@ def decode_image(
             im = Image.open(f, formats=_formats())
         except UnidentifiedImageError:
             raise ImageError("not an image (unrecognised format)") from None
-        except OSError as exc:
-            raise ImageError(_os_reason(exc)) from None
+        except OSError as exc:  # may be a read error of this file only
+            raise ImageError(_os_reason(exc), of_content=False) from None
         except Exception as exc:  # Pillow's parsers raise many types on malformed headers
             raise ImageError(_corrupt(exc)) from None
         with im:
@@ -101,7 +101,7 @@ def _decode_open(im: Any, max_pixels: int, target_size: int | None) -> DecodedIm
     try:
         im.load()
     except MemoryError:
-        raise ImageError("not enough memory to decode this image") from None
+        raise ImageError("not enough memory to decode this image", of_content=False) from None
     except Exception as exc:  # truncated data, bad compression streams, decoder errors
         raise ImageError(_corrupt(exc)) from None
     try:  # conversion, turning and scaling allocate too, and meet odd modes
@@ -113,7 +113,7 @@ def _decode_open(im: Any, max_pixels: int, target_size: int | None) -> DecodedIm
         if out is im:  # closing the source file would also drop these pixels
             out = im.copy()
     except MemoryError:
-        raise ImageError("not enough memory to convert this image") from None
+        raise ImageError("not enough memory to convert this image", of_content=False) from None
     except Exception as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageError(f"cannot convert this image to RGB: {detail}") from None

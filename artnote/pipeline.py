@@ -246,7 +246,7 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
                 summary.duplicates += sum(item.sha256 in done for item in batch)
             else:
                 done = set()
-            good, failures, meta = [], [], {}
+            good, failures, meta, of_content = [], [], {}, []
             for item, result in zip(batch, decoded, strict=True):
                 if item.sha256 in done:
                     continue
@@ -255,6 +255,8 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
                     continue
                 if isinstance(result, ImageError):
                     failures.append((item.image_id, str(result)))
+                    if result.of_content:
+                        of_content.append(item.image_id)
                 else:
                     good.append((item, result))
                     meta[item.image_id] = ImageMeta(
@@ -265,7 +267,7 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
             stages["model"] += time.perf_counter() - tick
             failures += model_failures
             tick = time.perf_counter()
-            catalog.record_failures(failures)
+            catalog.record_failures(failures, of_content=of_content)
             stored = catalog.add_annotations(run_id, annotations, meta=meta, only_new=fresh_only)
             stages["catalog"] += time.perf_counter() - tick
             summary.annotated += len(stored)

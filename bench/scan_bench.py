@@ -107,7 +107,7 @@ def build(shape: str, device: str, work: Path):
     )
 
     quiet_transformers()
-    native_gqa()  # as load_model does; the naive run shares it
+    native_gqa(device)  # as load_model does; the naive run shares it
     if shape == "tiny":
         from artnote.model.tiny import build_tiny_model
 

@@ -163,10 +163,16 @@ def test_twins_of_a_content_that_fails_fail_with_it(catalog_url, tmp_path):
         states = _files(root, {"a.jpg": b"same", "b.jpg": b"same", "c.jpg": b"other"})
         ids = cat.record_files(cid, run, states)
         assert len(cat.pending_images(cid)) == 2  # one per content
-        cat.record_failures([(ids["a.jpg"], "truncated or corrupt image data")])
+        # A failure of one path or moment (the file vanished) stays with that file...
+        cat.record_failures([(ids["a.jpg"], "file disappeared")])
+        assert cat.known_files(cid)["b.jpg"].status == "pending"
+        # ...one of the bytes themselves fails every pending twin.
+        cat.record_failures([(ids["a.jpg"], "truncated or corrupt")], of_content=[ids["a.jpg"]])
         known = cat.known_files(cid)
         pending = cat.pending_images(cid)
+        twin = cat.find_image(str(ids["b.jpg"]))
     assert known["a.jpg"].status == known["b.jpg"].status == "failed"
+    assert twin.error == "truncated or corrupt"
     assert known["c.jpg"].status == "pending"
     assert [p.image_id for p in pending] == [ids["c.jpg"]]
 
@@ -202,6 +208,29 @@ def test_write_transactions_wait_for_each_other(catalog_url, tmp_path):
         other.join(10)
         assert "error" not in outcome, outcome["error"]
         assert outcome["id"] == first.ensure_collection(root)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_write_that_waits_too_long_is_a_one_line_error(catalog_url, tmp_path, monkeypatch):
+    """A client stuck inside a write transaction does not hang every other writer: after the
+    busy timeout the waiting write fails with one line (SQLite and PostgreSQL alike)."""
+    import time
+
+    from artnote.catalog import engine
+    from artnote.errors import CatalogError
+
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_S", 0.5)
+    first, second = open_catalog(catalog_url), open_catalog(catalog_url)
+    try:
+        with first._write():
+            start = time.monotonic()
+            with pytest.raises(CatalogError) as err:
+                second.ensure_collection(tmp_path / "elsewhere")
+            assert time.monotonic() - start < 10
+        assert "\n" not in str(err.value)
+        assert second.ensure_collection(tmp_path / "elsewhere")  # free again afterwards
     finally:
         first.close()
         second.close()

@@ -293,3 +293,25 @@ def test_failures_after_decoding_are_image_errors(tmp_path: Path, monkeypatch, r
     with pytest.raises(ImageError) as err:
         decode_image(path, max_pixels=LIMIT)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_errors_say_whether_the_bytes_are_at_fault(tmp_path: Path, monkeypatch) -> None:
+    """Corrupt bytes fail every copy of them; a missing file or a memory shortage does not
+    (the scan fails byte-identical twins together only for the former)."""
+    import artnote.images
+
+    with pytest.raises(ImageError) as missing:
+        decode_image(tmp_path / "gone.png", max_pixels=LIMIT)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(ImageError) as corrupt:
+        decode_image(tmp_path / "junk.png", max_pixels=LIMIT)
+    Image.new("RGB", (8, 6), RED).save(tmp_path / "a.png")
+
+    def no_memory(im):
+        raise MemoryError
+
+    monkeypatch.setattr(artnote.images, "_to_rgb", no_memory)
+    with pytest.raises(ImageError) as memory:
+        decode_image(tmp_path / "a.png", max_pixels=LIMIT)
+    assert corrupt.value.of_content
+    assert not missing.value.of_content and not memory.value.of_content

@@ -375,3 +375,17 @@ def test_sampled_text_of_an_image_does_not_depend_on_its_batch(tiny_models, art_
     assert texts(annotator.annotate([c, a])) == [batch[2], batch[0]]
     annotator.gen = GenerationSettings(**{**gen.__dict__, "seed": 1})
     assert texts(annotator.annotate([a, b, c])) != batch
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_nan_scores_are_a_model_error_not_text(tiny_models, art_images, do_sample):
+    """A model that gives NaN (broken weights, a bad kernel) fails its batch (the scan then
+    retries and records the images as failed) instead of storing tokens picked from NaN."""
+    from artnote.errors import ModelError
+
+    loaded = _load(tiny_models["llava"])
+    annotator = Annotator(loaded, GenerationSettings(**{**SHORT.__dict__, "do_sample": do_sample}))
+    with torch.no_grad():
+        annotator.head.weight.fill_(float("nan"))
+    with pytest.raises(ModelError, match="NaN"):
+        annotator.annotate(art_images[:1])

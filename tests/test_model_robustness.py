@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,12 +63,15 @@ def _assert_unchanged(model, before):
 # ---- 1. the base fingerprint does not depend on the load dtype ---------------------
 
 
-def test_adapter_saved_in_float32_loads_onto_the_base_in_bfloat16(tiny_models, tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_adapter_saved_in_float32_loads_onto_the_base_in_bfloat16(tiny_models, tmp_path, dtype):
+    """finetune trains in float32; a GPU scan loads the base in bfloat16 (or float16 on
+    GPUs without it): the adapter must load onto either."""
     folder = tiny_models["llava"]
     _save_trained_adapter(folder, tmp_path / "ad")
-    bf16 = _load(folder, dtype="bfloat16")
-    load_adapter(bf16.model, tmp_path / "ad", family=bf16.family, base_model=bf16.name)
-    assert adapters_of(bf16.model) is not None
+    half = _load(folder, dtype=dtype)
+    load_adapter(half.model, tmp_path / "ad", family=half.family, base_model=half.name)
+    assert adapters_of(half.model) is not None
 
 
 def test_adapter_saved_before_the_rounding_still_loads(tiny_models, tmp_path):
@@ -292,3 +296,20 @@ def test_a_cached_checkpoint_needs_its_weights_at_the_revision_asked_for(tmp_pat
     assert _in_local_cache("museum/painter")
     assert _in_local_cache("museum/painter", commit)
     assert not _in_local_cache("museum/painter", "v2")  # a revision that was never fetched
+
+
+def test_grouped_heads_are_read_natively_on_the_cpu_only(monkeypatch):
+    """Under a mask, SDPA's grouped-head path is fast on the CPU but is the math kernel on
+    CUDA: the switch is on for a CPU model, off for a CUDA one, and a user's value stays."""
+    from artnote.model import load
+
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    monkeypatch.setattr(load, "_gqa_set_here", False)
+    load.native_gqa("cpu")
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+    load.native_gqa("cuda")
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+    monkeypatch.setattr(load, "_gqa_set_here", False)
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")  # the user's own choice
+    load.native_gqa("cuda")
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"

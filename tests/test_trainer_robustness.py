@@ -4,6 +4,7 @@ held-out images held out across resumes and rounds."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -119,12 +120,16 @@ def cli(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("ARTNOTE_MODEL", str(tiny_models["smolvlm"]))
     runner = CliRunner()
 
-    def run(*args, code: int = 0):
-        result = runner.invoke(app, ["finetune", "--quiet", "--epochs", "1", *map(str, args)])
+    def bare(*args, code: int = 0):
+        """`artnote finetune --quiet ARGS`, no other flag."""
+        result = runner.invoke(app, ["finetune", "--quiet", *map(str, args)])
         assert result.exit_code == code, (result.output, result.exception)
         return result
 
-    run.db = db
+    def run(*args, code: int = 0):
+        return bare("--epochs", "1", *args, code=code)
+
+    run.db, run.bare = db, bare
     return run
 
 
@@ -231,6 +236,61 @@ def test_resume_without_a_checkpoint_says_so(cli, tmp_path, tiny_models, art_pat
             Hyperparameters(**HP),
             resume=True,
         )
+
+
+# 2 images, 2 samples, batch 1: 2 steps per epoch, 4 in all; none of these is a default.
+RUN = ["--epochs", "2", "--lr", "5e-3", "--batch-size", "1", "--checkpoint-every", "1"]
+
+
+def _cli_killed_after(cli, monkeypatch, step: int, *args) -> None:
+    """`artnote finetune ARGS` that crashes right after step `step` (and its checkpoint)."""
+    import trainer.finetune as module
+
+    real = module.finetune
+    with monkeypatch.context() as m:
+        m.setattr(module, "finetune", lambda *a, **kw: real(*a, **kw, on_step=_stop_after(step)))
+        result = cli.bare(*args, code=1)
+    assert isinstance(result.exception, _Stop), result.output
+
+
+def test_resume_takes_the_runs_hyperparameters_for_the_flags_not_given(cli, monkeypatch):
+    cli.bare("--name", "whole", *RUN)
+    _cli_killed_after(cli, monkeypatch, 3, "--name", "cut", *RUN)
+    assert checkpoint.latest_checkpoint(Path("adapters/cut")).name == "step-3"
+    assert _registered(cli.db) == ["whole"]
+    cli.bare("--name", "cut", "--resume")  # no flag repeated: the run's own values
+    assert _registered(cli.db) == ["whole", "cut"]
+    whole, cut = (checkpoint.read_state(Path("adapters", n, "final")) for n in ("whole", "cut"))
+    assert cut["hyperparameters"] == whole["hyperparameters"]
+    assert cut["step"] == whole["step"] == 4
+    assert cut["losses"] == pytest.approx(whole["losses"])
+    _assert_same_weights(Path("adapters/whole/final"), Path("adapters/cut/final"))
+
+
+def test_resume_refuses_a_flag_given_with_another_value(cli, monkeypatch):
+    _cli_killed_after(cli, monkeypatch, 1, "--name", "cut", *RUN)
+    result = cli.bare("--name", "cut", "--resume", "--epochs", "3", code=1)
+    assert "--epochs 2 (now 3)" in result.output
+    result = cli.bare("--name", "cut", "--resume", "--seed", "1", code=1)
+    assert "--seed 0 (now 1)" in result.output
+    assert sorted(p.name for p in Path("adapters/cut").iterdir()) == ["step-1"]
+    # The same value, or another checkpoint frequency (it changes no weight), is fine.
+    cli.bare("--name", "cut", "--resume", "--epochs", "2", "--checkpoint-every", "3")
+    assert checkpoint.read_state(Path("adapters/cut/final"))["step"] == 4
+    assert _registered(cli.db) == ["cut"]
+
+
+def test_without_resume_the_flags_not_given_are_the_defaults_their_help_shows(cli):
+    import typer.main
+
+    defaults = asdict(Hyperparameters())
+    command = typer.main.get_command(app).commands["finetune"]
+    shown = {p.name: p.show_default for p in command.params}
+    for name in ("epochs", "lr", "batch_size", "grad_accum", "seed", "checkpoint_every"):
+        assert isinstance(shown[name], str), name  # the options' own default is None
+        assert type(defaults[name])(shown[name]) == defaults[name], (name, shown[name])
+    cli.bare("--name", "plain")
+    assert checkpoint.read_state(Path("adapters/plain/final"))["hyperparameters"] == defaults
 
 
 def test_resume_reuses_the_stored_split_and_leaves_new_images_out(tiny_models, art_paths, tmp_path):

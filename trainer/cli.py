@@ -22,11 +22,26 @@ def register(app: typer.Typer) -> None:
 
 
 def finetune(
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the curated samples.")] = 3,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (greater than 0).")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 4,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Forward passes per optimizer step.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed for the split, the order and the adapters.")] = 0,
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Passes over the curated samples.", show_default="3"),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate (greater than 0).", show_default="0.001"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Samples per forward pass.", show_default="4"),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(min=1, help="Forward passes per optimizer step.", show_default="1"),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed for the split, the order and the adapters.", show_default="0"),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Name to register the adapter under.")] = None,
     from_adapter: Annotated[
         str | None,
@@ -36,18 +51,24 @@ def finetune(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder [default: adapters/NAME].")
+        Path | None, typer.Option(help="Checkpoint folder.", show_default="adapters/NAME")
     ] = None,
     resume: Annotated[
         bool,
         typer.Option(
             help="Continue the run in --out (or adapters/NAME) from its last checkpoint, on the "
-            "images it started with; needs --name or --out and the same hyperparameters."
+            "images it started with; needs --name or --out. Flags not given take the run's "
+            "values; one given must equal it (but --checkpoint-every may change)."
         ),
     ] = False,
     checkpoint_every: Annotated[
-        int, typer.Option(min=1, help="Optimizer steps between checkpoints.")
-    ] = 50,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Optimizer steps between checkpoints.",
+            show_default="50",
+        ),
+    ] = None,
     catalog: CatalogOpt = None,
     model: ModelOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
@@ -55,7 +76,9 @@ def finetune(
     config: ConfigOpt = None,
 ) -> None:
     """Train the ArtGPT-4 adapters on corrected and approved annotations, and register them."""
-    if not (math.isfinite(lr) and lr > 0):
+    # The hyperparameter flags default to None, so that a resumed run takes its own values
+    # for those not given; the defaults in their help are Hyperparameters' (a test checks).
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise typer.BadParameter("must be a finite number greater than 0", param_hint="--lr")
     if resume and name is None and out is None:
         raise typer.BadParameter(
@@ -67,8 +90,8 @@ def finetune(
     from artnote.model.adapters import read_adapter_config
     from artnote.pipeline import resolve_adapter
     from trainer.data import CuratedImage
-    from trainer.finetune import Hyperparameters
     from trainer.finetune import finetune as run
+    from trainer.finetune import resolve_hyperparameters
 
     settings = load_settings(
         config,
@@ -96,13 +119,16 @@ def finetune(
         )
         for c in cat.curated()
     ]
-    hp = Hyperparameters(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
+    given = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+    }
+    hp = resolve_hyperparameters(
+        {k: v for k, v in given.items() if v is not None}, resume_from=out if resume else None
     )
     result = run(
         curated,

@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,21 @@ def finetune(
 
 # What --resume may change: neither changes a weight nor the order of the samples.
 RESUMABLE_CHANGES = ("checkpoint_every", "eval_generate")
+
+
+def resolve_hyperparameters(
+    given: dict[str, Any], *, resume_from: Path | None = None
+) -> Hyperparameters:
+    """The hyperparameters of a run: those `given` (the flags a user typed), then, when
+    resuming the run in `resume_from`, the ones its checkpoint was made with, then the
+    defaults. A given value that differs from the checkpoint's is refused by finetune(),
+    so a resumed run is never silently changed, nor needs every flag repeated."""
+    stored: dict[str, Any] = {}
+    last = checkpoint.resume_point(resume_from) if resume_from is not None else None
+    if last is not None:
+        names = {f.name for f in fields(Hyperparameters)}
+        stored = {k: v for k, v in checkpoint.stored_hyperparameters(last).items() if k in names}
+    return Hyperparameters(**{**stored, **given})
 
 
 def check_hyperparameters(hp: Hyperparameters) -> None:

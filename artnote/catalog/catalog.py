@@ -275,13 +275,18 @@ class Catalog:
                 conn.execute(update(images).where(images.c.id.in_(chunk)).values(status="missing"))
         return len(image_ids)
 
-    def record_failures(self, items: Sequence[tuple[int, str]]) -> None:
-        """image id -> one-line reason; those images become 'failed', and so do their
-        pending twins (files of the same bytes, which would fail the same way: else each
-        later scan would load the model to fail on the next twin)."""
+    def record_failures(
+        self, items: Sequence[tuple[int, str]], of_content: Iterable[int] = ()
+    ) -> None:
+        """image id -> one-line reason; those images become 'failed'. So do the pending
+        twins (files of the same bytes) of the ids in `of_content`, whose bytes are at
+        fault (corrupt, too large): else each later scan would load the model to fail on
+        the next twin. A failure of one path or one moment (cannot open, out of memory)
+        stays with its file."""
         if not items:
             return
         reason = dict(items)
+        spread = [i for i in of_content if i in reason]
         stmt = (
             update(images)
             .where(images.c.id == bindparam("b_id"))
@@ -295,7 +300,7 @@ class Catalog:
         with self._write() as conn:
             conn.execute(stmt, [{"b_id": i, "b_error": r} for i, r in reason.items()])
             by_content = []
-            for chunk in chunks(list(reason)):
+            for chunk in chunks(spread):
                 rows = conn.execute(
                     select(images.c.id, images.c.sha256).where(
                         images.c.id.in_(chunk), images.c.sha256.is_not(None)

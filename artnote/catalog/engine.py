@@ -98,12 +98,15 @@ def _serialise_postgres_writes(engine: Engine) -> None:
     The catalog's writes read before they write (is this folder, file or content
     known? then insert), and at READ COMMITTED two processes would both read "no"
     and one would then fail on a unique key, or both annotate one content. The
-    lock is the transaction's, released by its commit or rollback.
+    lock is the transaction's, released by its commit or rollback. Like SQLite's
+    busy timeout, a wait longer than BUSY_TIMEOUT_S (a client stuck inside a write)
+    ends in a one-line CatalogError instead of hanging every scan.
     """
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get(BEGIN_OPTION) == "IMMEDIATE":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
 
 

@@ -145,20 +145,25 @@ def count_trainable(model: nn.Module) -> int:
 def base_fingerprint(model: nn.Module, *, legacy: bool = False) -> str:
     """Identify the base weights (not just the name, which may be a hub id or a folder).
 
-    The sampled embeddings are rounded to bfloat16 first, so the same base loaded in
-    float32 (finetune) and in bfloat16 (a CUDA scan) has one fingerprint. `legacy`
-    gives the fingerprint that adapters saved before this rounding carry (the values as
-    loaded), so that they stay loadable onto a base loaded in their dtype.
+    256 values spread over the input embeddings enter by their sign only (negative,
+    zero, positive), which no cast between float32, bfloat16 and float16 changes: the
+    same base loaded in any of them (finetune runs float32, a GPU scan bfloat16 or
+    float16) has one fingerprint. `legacy` gives what adapters saved by earlier
+    versions carry (the first 64 rows' values as loaded), so they stay loadable onto
+    a base loaded in the dtype they were saved from.
     """
     cfg = model.config.to_dict()
     keys = {k: cfg.get(k) for k in ("model_type", "image_token_id")}
     text = language_model(model).config
     keys.update(hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size)
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
-    sample = language_model(model).get_input_embeddings().weight[:64].detach()
-    if not legacy:
-        sample = sample.to(torch.bfloat16)
-    digest.update(sample.float().cpu().numpy().tobytes())
+    weight = language_model(model).get_input_embeddings().weight.detach()
+    if legacy:
+        digest.update(weight[:64].float().cpu().numpy().tobytes())
+    else:
+        flat = weight.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)][:256]
+        digest.update(bytes((torch.sign(sample.float()).to(torch.int8) + 1).cpu().tolist()))
     return digest.hexdigest()[:16]
 
 

@@ -455,6 +455,8 @@ class _Sampler:
         is image images[r] and column k its field cols[k]."""
         import torch
 
+        if bool(logits.isnan().any()):  # a broken model or kernel: no text from it
+            raise ModelError("the model produced NaN scores")
         if not self.gen.do_sample:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / max(self.gen.temperature, 1e-5), dim=-1)

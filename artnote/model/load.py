@@ -59,12 +59,12 @@ def resolve_dtype(dtype: str, device: str):
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load processor and model; raise ModelNotFoundError with the fix when weights are missing."""
     quiet_transformers()
-    native_gqa()
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device = resolve_device(settings.device)
+    native_gqa(device)
     dtype = resolve_dtype(settings.dtype, device)
     if settings.trust_remote_code:
         log.warning("trust_remote_code is on: code shipped with %s will run", settings.name)
@@ -279,16 +279,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def native_gqa() -> None:
-    """Let SDPA read grouped key/value heads as they are, also under an attention mask.
+def native_gqa(device: str) -> None:
+    """On the CPU, let SDPA read grouped key/value heads as they are under a mask.
 
     transformers otherwise copies every cached key and value once per query head
-    (repeat_kv) whenever a mask is given, which artnote always gives: that copy
-    was a third of decoding time for SmolVLM. torch's SDPA (enable_gqa) computes
-    the same attention without it. transformers reads this switch at each call;
-    a value the user set is kept.
+    (repeat_kv) whenever a mask is given, which artnote always gives: on the CPU
+    that copy was a third of decoding time for SmolVLM, and torch's SDPA
+    (enable_gqa) computes the same attention without it. On CUDA, SDPA has no
+    fused kernel for grouped heads under a mask (it would run the slow math
+    kernel), so there the copy is the faster way and the switch is turned off.
+    transformers reads the switch at each call; a value the user set is kept.
     """
-    os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    global _gqa_set_here
+    if _GQA_SWITCH in os.environ and not _gqa_set_here:
+        return
+    os.environ[_GQA_SWITCH] = "1" if device == "cpu" else "0"
+    _gqa_set_here = True
+
+
+_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+_gqa_set_here = False
 
 
 def quiet_transformers() -> None:
