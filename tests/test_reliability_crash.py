@@ -141,18 +141,21 @@ SCAN_KILLS: list[tuple[str, object]] = [
     ("hook", ["artnote.catalog.catalog.Catalog.add_annotations", "commit", 2]),  # mid-commit
     ("hook", ["artnote.catalog.catalog.Catalog.add_annotations", "after", 2]),  # just after
     ("hook", ["artnote.catalog.catalog.Catalog.interrupt_stale_runs", "commit", 1]),
-    ("delay", 5.0),  # wherever it is after a few seconds
+    ("delay", 0.5),  # wherever it is half a second into annotating (not at a commit)
     ("hook", ["artnote.catalog.catalog.Catalog.finish_run", "before", 1]),  # all saved, not closed
 ]
 
 
 def _kill_when(proc: subprocess.Popen, db: Path, how: str, arg: object) -> None:
+    # "watch": SIGKILL once the annotation count has grown by `arg`; "delay": `arg`
+    # seconds after it has grown by one. (A fixed delay from the start let a fast
+    # machine finish the whole scan first.)
+    grown = int(arg) if how == "watch" else 1  # type: ignore[call-overload]
+    base = count(db, "annotations")
+    while proc.poll() is None and count(db, "annotations") < base + grown:
+        time.sleep(0.005)
     if how == "delay":
         time.sleep(float(arg))  # type: ignore[arg-type]
-    else:  # "watch": SIGKILL once the annotation count has grown by `arg`
-        base = count(db, "annotations")
-        while proc.poll() is None and count(db, "annotations") < base + int(arg):  # type: ignore[arg-type]
-            time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
 
 
