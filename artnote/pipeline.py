@@ -23,6 +23,7 @@ from typing import Any
 
 from artnote import discover
 from artnote.catalog import Catalog
+from artnote.catalog.catalog import hidden_by
 from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
 from artnote.errors import AdapterError, ArtnoteError, ImageError
@@ -181,16 +182,12 @@ def _discover(root, collection, run_id, settings, catalog, summary) -> bool:
     if returned:
         catalog.touch_seen(run_id, returned)
     summary.problems = [(p.abspath, p.reason) for p in plan.problems if p.is_dir]
-    unreadable = tuple(d.rstrip("/") + "/" for d in plan.unreadable_dirs)
-    gone: list[int] = []
-    if "./" not in unreadable:  # when the root itself could not be read, nothing is gone
-        gone = [
-            k.image_id
-            for rel, k in known.items()
-            if k.image_id not in seen
-            and k.status != "missing"
-            and not (unreadable and rel.startswith(unreadable))
-        ]
+    hidden = hidden_by(plan.unreadable_dirs)
+    gone = [
+        k.image_id
+        for rel, k in known.items()
+        if k.image_id not in seen and k.status != "missing" and not hidden(rel)
+    ]
     if plan.problems and any(not p.is_dir for p in plan.problems):
         problems = [
             FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir

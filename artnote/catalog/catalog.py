@@ -7,8 +7,11 @@ How a scan uses it (artnote.pipeline drives this; nothing here calls the model):
 2. `known = known_files(cid)`; discovery walks the folder and
    `artnote.discover.plan_scan(entries, known)` splits it into unchanged files
    (same relpath, size, mtime_ns: never opened) and new or changed ones.
-3. `touch_seen(run, unchanged_ids)`; hash the others, `record_files(cid, run, states)`;
-   then `mark_missing(cid, run)` for every file not seen by this run.
+3. Hash the new and changed files, `record_files(cid, run, states)`; `touch_seen` only
+   the known files that come back after being missing (an unchanged file costs no
+   write); `set_missing(ids)` for the known files the walk did not find, except
+   those `hidden_by` an unreadable folder. (`mark_missing(cid, run)` does the same
+   for a caller that touches every file it sees.)
 4. `pending_images(cid)` gives one file per content that has no annotation yet
    (duplicates are annotated once); decode, annotate, then `set_image_meta`,
    `add_annotations(run, ...)` or `record_failures(...)` batch by batch.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -247,10 +250,7 @@ class Catalog:
         `keep_under` lists relpaths of folders discovery could not read: what is
         below them may still exist, so it is left as it was.
         """
-        keep = [p.strip("/") for p in keep_under]
-        if any(p in ("", ".") for p in keep):  # the root itself was unreadable
-            return 0
-        prefixes = tuple(p + "/" for p in keep)
+        hidden = hidden_by(keep_under)
         with self._write() as conn:
             rows = conn.execute(
                 select(images.c.id, images.c.relpath).where(
@@ -259,7 +259,7 @@ class Catalog:
                     or_(images.c.last_seen_run.is_(None), images.c.last_seen_run != run_id),
                 )
             ).all()
-            gone = [i for i, relpath in rows if not (prefixes and relpath.startswith(prefixes))]
+            gone = [i for i, relpath in rows if not hidden(relpath)]
             for chunk in chunks(gone):
                 conn.execute(update(images).where(images.c.id.in_(chunk)).values(status="missing"))
             return len(gone)
@@ -505,6 +505,16 @@ def _first_seen(collection_id: int, relpath: str, run_id: int, now: Any) -> dict
         "first_seen_run": run_id,
         "first_seen_at": now,
     }
+
+
+def hidden_by(unreadable_dirs: Iterable[str]) -> Callable[[str], bool]:
+    """relpath -> may that file still exist, unseen because a folder above it (or the
+    collection's root: then every file) could not be read? Its absence proves nothing."""
+    keep = [p.strip("/") for p in unreadable_dirs]
+    if any(p in ("", ".") for p in keep):
+        return lambda relpath: True
+    prefixes = tuple(p + "/" for p in keep)
+    return lambda relpath: bool(prefixes) and relpath.startswith(prefixes)
 
 
 def _meta_of(conn: Connection, sha256s: set[str]) -> list[tuple[str, ImageMeta]]:
