@@ -45,6 +45,26 @@ models_app = typer.Typer(cls=_Group, help="Build and convert models.", no_args_i
 app.add_typer(models_app, name="models")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from artnote import __version__
+
+        typer.echo(f"artnote {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Describe museum image collections with an adapter-enhanced vision-language model."""
+
+
 def _settings(config: Path | None, **sections):
     from artnote.config import load_settings
 
@@ -55,28 +75,41 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _open_catalog(settings):
+def _open_catalog(settings, *, create: bool = False):
+    """The catalog; only commands that bring images in (scan, import) may create it."""
     from artnote.catalog import open_catalog
 
-    return open_catalog(settings.catalog.url)
+    return open_catalog(settings.catalog.url, create=create)
 
 
 @app.command()
 def scan(
     folder: Annotated[
-        Path, typer.Argument(help="Folder of images to annotate (searched recursively).")
+        Path,
+        typer.Argument(
+            metavar="FOLDER",
+            help="Folder of images to annotate (searched recursively), or one image file.",
+        ),
     ],
     catalog: CatalogOpt = None,
     model: ModelOpt = None,
     adapter: Annotated[
         str | None,
         typer.Option(
-            help="Adapter folder to apply (default: the adapter in artnote.toml, or none)."
+            metavar="NAME|DIR|latest",
+            help="Adapter to apply: a registered name, a folder, or latest (default: the "
+            "adapter in artnote.toml, or none).",
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Annotate at most N new images.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(metavar="N", help="Images per model batch.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", help="Annotate at most N new images.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Annotate every image again.")] = False,
     reannotate: Annotated[
         bool,
@@ -104,7 +137,7 @@ def scan(
     from artnote.pipeline import resolve_adapter
 
     check_model_available(settings.model)
-    cat = _open_catalog(settings)
+    cat = _open_catalog(settings, create=True)
     adapter_dir, adapter_name = resolve_adapter(cat, settings.model.adapter)
     adapter_hash = read_adapter_config(adapter_dir).content_hash if adapter_dir else None
 
@@ -151,7 +184,13 @@ def export(
         typer.Argument(metavar="csv|jsonl", help="csv for spreadsheets; jsonl carries everything."),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write to FILE instead of stdout.")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Write to FILE instead of stdout (a CSV file starts with a BOM, for Excel).",
+        ),
     ] = None,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
@@ -207,19 +246,22 @@ def search(
     query: Annotated[
         str, typer.Argument(help="Words to find in alt text, descriptions and explanations.")
     ],
-    limit: Annotated[int, typer.Option(help="At most N results.")] = 20,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most N results.")] = 20,
     json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Full-text search over the current annotations, best match first."""
+    """Full-text search over the current values (curators' corrections over the model's
+    text), best match first."""
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     hits = cat.search(query, limit=limit)
     if json_out:
         typer.echo(json.dumps(hits, default=str))
         return
-    for hit in hits:
-        typer.echo(f"{hit['path']}\n    {hit['alt_text']}")
+    for hit in hits:  # current values: a curator's correction, else the model's text
+        typer.echo(f"{hit['path']}\n    {hit['alt_text'] or ''}")
+        if hit["snippet"] and hit["snippet"].replace("[", "").replace("]", "") != hit["alt_text"]:
+            typer.echo(f"    ... {hit['snippet']}")
     if not hits:
         _err("no matches")
 
@@ -227,7 +269,10 @@ def search(
 ByOpt = Annotated[
     str | None,
     typer.Option(
-        "--by", help="Who made the change, kept with it (default: $USER).", envvar="ARTNOTE_BY"
+        "--by",
+        metavar="NAME",
+        help="Who made the change, kept with it (default: $USER).",
+        envvar="ARTNOTE_BY",
     ),
 ]
 
@@ -239,16 +284,25 @@ def _by(by: str | None) -> str | None:
 @app.command()
 def correct(
     image: Annotated[
-        str, typer.Argument(help="Image: exported path, numeric id, or sha256 prefix.")
+        str,
+        typer.Argument(metavar="IMAGE", help="Image: exported path, numeric id, or sha256 prefix."),
     ],
     alt_text: Annotated[
-        str | None, typer.Option(help="Corrected alt text (at most 250 characters).")
+        str | None,
+        typer.Option(
+            metavar="TEXT", help="Corrected alt text (aim for 125 characters, at most 250)."
+        ),
     ] = None,
-    description: Annotated[str | None, typer.Option(help="Corrected description.")] = None,
+    description: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Corrected description.")
+    ] = None,
     emotion: Annotated[
-        str | None, typer.Option(help="Corrected dominant emotion (one of the nine).")
+        str | None,
+        typer.Option(metavar="EMOTION", help="Corrected dominant emotion (one of the nine)."),
     ] = None,
-    explanation: Annotated[str | None, typer.Option(help="Corrected explanation.")] = None,
+    explanation: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Corrected explanation.")
+    ] = None,
     by: ByOpt = None,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
@@ -270,7 +324,8 @@ def correct(
 @app.command()
 def approve(
     images: Annotated[
-        list[str], typer.Argument(help="Images: exported paths, ids, or sha256 prefixes.")
+        list[str],
+        typer.Argument(metavar="IMAGE...", help="Images: exported paths, ids, or sha256 prefixes."),
     ],
     by: ByOpt = None,
     catalog: CatalogOpt = None,
@@ -292,7 +347,14 @@ app.add_typer(corrections_app, name="corrections")
 
 @corrections_app.command("import")
 def corrections_import(
-    file: Annotated[Path, typer.Argument(help="A CSV from `artnote export csv`, edited.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="A CSV from `artnote export csv`, edited (comma, semicolon or tab; UTF-8 or "
+            "UTF-16).",
+        ),
+    ],
     by: ByOpt = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Import the good rows even if some are bad.")
@@ -326,14 +388,16 @@ app.add_typer(import_app, name="import")
 @import_app.command("artemis")
 def import_artemis_cmd(
     csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="ArtEmis release CSV.")],
-    images: Annotated[Path, typer.Option(help="Folder with art_style/painting.jpg images.")],
+    images: Annotated[
+        Path, typer.Option(metavar="DIR", help="Folder with art_style/painting.jpg images.")
+    ],
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Import ArtEmis emotions and explanations as curated annotations."""
     from artnote.artemis import import_artemis
 
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}), create=True)
     report = import_artemis(cat, csv_file, images)
     _err(
         f"{report.paintings} paintings, {report.utterances} utterances: "
@@ -382,7 +446,7 @@ app.add_typer(catalog_app, name="catalog")
 
 @catalog_app.command("backup")
 def catalog_backup(
-    file: Annotated[Path, typer.Argument(help="File to write the copy to.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="File to write the copy to.")],
     force: Annotated[bool, typer.Option(help="Overwrite FILE if it exists.")] = False,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
@@ -421,9 +485,11 @@ def catalog_check(
 
 @models_app.command("tiny")
 def models_tiny(
-    out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
-    family: Annotated[str, typer.Option(help="llava or smolvlm.")] = "smolvlm",
-    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write the model to.")],
+    family: Annotated[
+        str, typer.Option(metavar="llava|smolvlm", help="The architecture to build.")
+    ] = "smolvlm",
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed for the random weights.")] = 0,
     force: Annotated[
         bool,
         typer.Option(help="Write into DIR even if it holds something other than a tiny model."),
@@ -442,7 +508,9 @@ def selftest(
     json_out: JsonOpt = False,
     images: Annotated[
         Path | None,
-        typer.Option(help="Folder of sample images (default: ../shared/art if present)."),
+        typer.Option(
+            metavar="DIR", help="Folder of sample images (default: the paintings the tests carry)."
+        ),
     ] = None,
 ) -> None:
     """Build tiny models of each family offline and check every stage end to end."""
@@ -461,11 +529,12 @@ def selftest(
 
 
 def _default_art_dir() -> Path | None:
+    """$ARTNOTE_ART_DIR, else the paintings a checkout's tests carry, else ../shared/art."""
     env = os.environ.get("ARTNOTE_ART_DIR")
     if env:
         return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = base.parent / "shared" / "art"
+    checkout = Path(__file__).resolve().parents[1]
+    for candidate in (checkout / "tests" / "fixtures" / "art", checkout.parent / "shared" / "art"):
         if candidate.is_dir():
             return candidate
     return None

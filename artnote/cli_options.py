@@ -10,11 +10,28 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperOption
+
+
+def _help_type(self: TyperArgument | TyperOption, ctx: object) -> str:
+    """What --help shows after a parameter: its metavar (N, FILE, NAME|DIR|latest), as
+    git's and hf's help do, never typer's Python types (<bool>, <str>, <list[str]>)."""
+    if self.metavar is not None:
+        return "" if isinstance(self, TyperArgument) else self.metavar  # the name says it
+    if isinstance(self, TyperArgument) or getattr(self, "is_flag", False):
+        return ""
+    return (self.name or "value").upper()
+
+
+# typer 0.2x prints each parameter's Python type in --help; artnote names its forms.
+TyperArgument.display_type_rich = _help_type  # type: ignore[method-assign]
+TyperOption.display_type_rich = _help_type  # type: ignore[method-assign]
 
 CatalogOpt = Annotated[
     str | None,
     typer.Option(
         "--catalog",
+        metavar="PATH|URL",
         help="Catalog path or SQLAlchemy URL (default: artnote.db).",
         envvar="ARTNOTE_CATALOG",
         show_envvar=True,
@@ -24,12 +41,16 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
+        metavar="ID|DIR",
         help="Hub id or local model folder (default: the model name in artnote.toml).",
         envvar="ARTNOTE_MODEL",
         show_envvar=True,
     ),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="artnote.toml to read (default: ./artnote.toml).")
+    Path | None,
+    typer.Option(
+        "--config", metavar="FILE", help="artnote.toml to read (default: ./artnote.toml)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]

@@ -126,11 +126,17 @@ def _apply(settings: Settings, data: dict[str, Any], source: str) -> None:
     for section, values in data.items():
         target = getattr(settings, section, None)
         if target is None or not dataclasses.is_dataclass(target) or not isinstance(values, dict):
-            raise ConfigError(f"unknown section [{section}] in {source}")
+            sections = [f.name for f in dataclasses.fields(settings)]
+            raise ConfigError(
+                f"unknown section [{section}] in {source}{_did_you_mean(section, sections)}"
+            )
         types = {f.name: f for f in dataclasses.fields(target)}
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(f"unknown setting [{section}] {key} in {source}")
+                raise ConfigError(
+                    f"unknown setting [{section}] {key} in {source}"
+                    f"{_did_you_mean(key, list(types), section)}"
+                )
             # The declared default gives the type (the current value may come from a file).
             declared = types[key]
             default = (
@@ -171,7 +177,32 @@ def _coerce(value: Any, default: Any, name: str, source: str) -> Any:
             return None
         return value if value is None else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} in {source}: cannot use {value!r}") from None
+        raise ConfigError(
+            f"{name} in {source}: cannot use {value!r}, expected {_kind(default)}"
+        ) from None
+
+
+def _kind(default: Any) -> str:
+    """The expected type of a setting, in a user's words."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, list):
+        return "a list of text (in the environment: comma-separated)"
+    return "text"
+
+
+def _did_you_mean(name: str, known: list[str], section: str | None = None) -> str:
+    """'; did you mean [model] device?' for a near miss, else the names that exist."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {f'[{section}] ' if section else ''}{close[0]}?"
+    return f" (known: {', '.join(known)})"
 
 
 _CHOICES = {

@@ -41,6 +41,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "adapter",  # adapter content hash; empty for the base model
     "status",  # draft | corrected | approved
     "annotated_at",
+    "reviewed_by",  # who last corrected or approved the row; empty for drafts
+    "reviewed_at",  # and when (UTC)
     # Extras, after the documented columns: which annotation a spreadsheet row shows.
     "adapter_name",
     "model_revision",

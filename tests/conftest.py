@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def art_dir() -> Path:
+    """The eight sample paintings the tests carry (tests/fixtures/art), or $ARTNOTE_ART_DIR."""
     env = os.environ.get("ARTNOTE_ART_DIR")
-    return Path(env) if env else ROOT.parent / "shared" / "art"
+    return Path(env) if env else ROOT / "tests" / "fixtures" / "art"
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +68,15 @@ def _isolated(tmp_path, monkeypatch):
             monkeypatch.delenv(var, raising=False)
 
 
+def unavailable(reason: str) -> None:
+    """A test's binary or service is missing: skip, with the reason, on a developer's
+    machine; fail under CI=true, where .ci/run installs everything the tests need, so
+    that a gap in CI can never hide behind a skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/run must provide it)", pytrace=False)
+    pytest.skip(reason)
+
+
 def _postgres_bin() -> Path | None:
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))  # Debian's layout
     found = versions[-1] if versions else shutil.which("pg_ctl")
@@ -80,12 +90,13 @@ def postgres_socket_dir():
     import subprocess
     import tempfile
 
-    pytest.importorskip(
-        "psycopg", reason="psycopg is not installed (pip install artnote[postgres])"
-    )
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed (pip install -e '.[test]')")
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (pg_ctl) on this machine")
+        unavailable("no PostgreSQL server binaries (pg_ctl) on this machine")
     base = Path(tempfile.mkdtemp(prefix="artnote-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root: run the server as postgres
@@ -94,7 +105,7 @@ def postgres_socket_dir():
         try:
             account = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres account for the server")
+            unavailable("running as root and there is no postgres account for the server")
         os.chown(base, account.pw_uid, account.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data = base / "data"
@@ -110,7 +121,7 @@ def postgres_socket_dir():
         log = base / "log"
         tail = log.read_text(errors="replace")[-300:] if log.is_file() else exc.stderr
         shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {tail!r}")
+        unavailable(f"could not start a PostgreSQL server: {tail!r}")
     try:
         yield base
     finally:

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from artnote.catalog import Catalog, FileState, ImageMeta, open_catalog
 from artnote.catalog import queries as q
+from artnote.catalog import search as search_module
 from artnote.catalog.migrate import alembic_config, head_revisions
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import CatalogError, NotFoundError
@@ -75,7 +76,7 @@ def test_blank_catalog_has_the_whole_schema(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"alembic_version", "collections", "images", "runs", "annotations"} <= tables
-    assert "annotations_fts" in tables
+    assert {"search_texts", "search_fts"} <= tables and "annotations_fts" not in tables
     cols = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in tables}
     assert cols["annotations"][:8] == [
         "id",
@@ -98,7 +99,7 @@ def test_blank_catalog_has_the_whole_schema(tmp_path: Path) -> None:
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"ix_annotations_sha256_id", "ix_images_sha256"} <= indexes
     triggers = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
-    assert triggers == {"annotations_fts_ai", "annotations_fts_ad", "annotations_fts_au"}
+    assert triggers == {"search_fts_ai", "search_fts_ad", "search_fts_au"}
     assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
         (h,) for h in head_revisions()
     ]
@@ -373,9 +374,9 @@ def test_search_ranks_and_resists_injection(cat: Catalog, tmp_path: Path) -> Non
         assert isinstance(cat.search(nasty), list)
     assert cat.status_counts()["images"] == 3
     with cat.engine.connect() as conn:  # what other databases run: LIKE, same answers
-        like = q.search(conn, "wave", 10, fts=False)
+        like = search_module.search(conn, "wave", 10, fts=False)
         assert {h["image_id"] for h in like} == {ids["a.jpg"], ids["b.jpg"]}
-        assert q.search(conn, "100%_", 10, fts=False) == []
+        assert search_module.search(conn, "100%_", 10, fts=False) == []
 
 
 def test_find_image(cat: Catalog, tmp_path: Path) -> None:

@@ -56,14 +56,14 @@ def test_bad_usage_exits_2(tmp_path):
 
 
 def test_readme_quick_start_works_as_written(tmp_path, art_paths):
-    """Run the README's offline quick-start block, from a checkout beside ../shared/art."""
+    """Run the README's offline quick-start block as written, in a checkout with nothing
+    beside it: the paintings come from the tests' own fixtures."""
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"To try everything.*?```bash\n(.*?)```", readme, re.S).group(1)
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     work = tmp_path / "checkout"
-    work.mkdir()
-    (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "art").symlink_to(art_paths[0].parent)
+    (work / "tests" / "fixtures").mkdir(parents=True)
+    (work / "tests" / "fixtures" / "art").symlink_to(art_paths[0].parent)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ARTNOTE_GENERATION_DESCRIPTION_TOKENS": "16"}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
@@ -73,7 +73,9 @@ def test_readme_quick_start_works_as_written(tmp_path, art_paths):
             command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
-    rows = (work / "annotations.csv").read_text(encoding="utf-8-sig").splitlines()
+    raw = (work / "annotations.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # --out: the BOM that makes Excel read UTF-8
+    rows = raw.decode("utf-8-sig").splitlines()
     assert len(rows) == 9  # header + the eight paintings
 
 

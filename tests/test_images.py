@@ -25,7 +25,7 @@ WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 
 def art_dir() -> Path:
     env = os.environ.get("ARTNOTE_ART_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "art"
+    return Path(env) if env else Path(__file__).resolve().parent / "fixtures" / "art"
 
 
 # name -> (width, height) from the README of the sample paintings

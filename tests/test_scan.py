@@ -238,23 +238,30 @@ def test_missing_model_offline_exits_1_with_one_line(art_copy, tmp_path, offline
     assert len(lines) == 1 and "museum-nobody/missing" in lines[0] and "hf download" in lines[0]
 
 
-def test_help_and_status_start_fast_without_torch(tmp_path):
-    code = (
-        "import sys, time; t = time.perf_counter();"
-        "from artnote.cli import app; from typer.testing import CliRunner;"
-        f"r = CliRunner().invoke(app, ['status', '--catalog', r'{tmp_path / 'c.db'}']);"
-        "assert r.exit_code == 0, r.output;"
-        "print('torch' in sys.modules, 'transformers' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["False", "False"], out.stderr
-    for args in (["--help"], ["status", "--catalog", str(tmp_path / "c.db")]):
-        start = time.monotonic()
+def test_help_status_and_export_do_not_import_torch(tmp_path):
+    """Start-up speed, checked by what is imported: torch, transformers and onnxruntime
+    take seconds to import, and --help, status and export need none of them.
+    (Timings belong to benchmarks: no test asserts a wall-clock time.)"""
+    from artnote.catalog import open_catalog
+
+    db = tmp_path / "c.db"
+    open_catalog(db).close()
+    heavy = ("torch", "transformers", "onnxruntime")
+    for args in (
+        ["--help"],
+        ["status", "--catalog", str(db)],
+        ["export", "csv", "--catalog", str(db)],
+    ):
+        code = (
+            "import sys; from artnote.cli import main; sys.argv = ['artnote', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])"
+        )
         proc = subprocess.run(
-            [sys.executable, "-m", "artnote.cli", *args], capture_output=True, timeout=60
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, proc.stderr
-        assert time.monotonic() - start < 1.0, args
+        assert proc.stdout.strip().splitlines()[-1] == "[]", (args, proc.stdout[-500:])
 
 
 @pytest.mark.slow

@@ -24,34 +24,44 @@ def register(app: typer.Typer) -> None:
 def finetune(
     epochs: Annotated[
         int | None,
-        typer.Option(min=1, help="Passes over the curated samples.", show_default="3"),
+        typer.Option(metavar="N", min=1, help="Passes over the curated samples.", show_default="3"),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="Peak learning rate (greater than 0).", show_default="0.001"),
+        typer.Option(
+            metavar="X", help="Peak learning rate (greater than 0).", show_default="0.001"
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Samples per forward pass.", show_default="4"),
+        typer.Option(metavar="N", min=1, help="Samples per forward pass.", show_default="4"),
     ] = None,
     grad_accum: Annotated[
         int | None,
-        typer.Option(min=1, help="Forward passes per optimizer step.", show_default="1"),
+        typer.Option(
+            metavar="N", min=1, help="Forward passes per optimizer step.", show_default="1"
+        ),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(help="Seed for the split, the order and the adapters.", show_default="0"),
+        typer.Option(
+            metavar="N", help="Seed for the split, the order and the adapters.", show_default="0"
+        ),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Name to register the adapter under.")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Name to register the adapter under.")
+    ] = None,
     from_adapter: Annotated[
         str | None,
         typer.Option(
+            metavar="NAME|DIR|latest",
             help="Start from this adapter (name, folder or 'latest'); its held-out images "
-            "stay held out."
+            "stay held out.",
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder.", show_default="adapters/NAME")
+        Path | None,
+        typer.Option(metavar="DIR", help="Checkpoint folder.", show_default="adapters/NAME"),
     ] = None,
     resume: Annotated[
         bool,
@@ -65,13 +75,16 @@ def finetune(
         int | None,
         typer.Option(
             min=1,
+            metavar="N",
             help="Optimizer steps between checkpoints.",
             show_default="50",
         ),
     ] = None,
     catalog: CatalogOpt = None,
     model: ModelOpt = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="auto|cpu|cuda", help="Where training runs.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -97,7 +110,7 @@ def finetune(
         config,
         overrides={"catalog": {"url": catalog}, "model": {"name": model, "device": device}},
     )
-    cat = open_catalog(settings.catalog.url)
+    cat = open_catalog(settings.catalog.url, create=False)
     name = name or time.strftime("adapter-%Y%m%d-%H%M%S")
     registered = cat.adapters()
     if any(a["name"] == name for a in registered):

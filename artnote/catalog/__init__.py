@@ -11,8 +11,9 @@ from pathlib import Path
 
 from artnote.catalog.catalog import Catalog
 from artnote.catalog.engine import catalog_url, create_catalog_engine, display_url
-from artnote.catalog.migrate import upgrade_to_head
+from artnote.catalog.migrate import has_schema, upgrade_to_head
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
+from artnote.errors import CatalogError
 
 __all__ = [
     "Catalog",
@@ -25,16 +26,32 @@ __all__ = [
 ]
 
 
-def open_catalog(url: str | Path) -> Catalog:
-    """Open (creating if needed) the catalog at a path or URL, migrated to the newest schema.
+NO_CATALOG_HINT = "run `artnote scan FOLDER` first or pass --catalog"
 
-    Raises CatalogError when the folder of a SQLite file does not exist, the
-    database cannot be read, it is not an artnote catalog, or it was made by a
-    newer artnote (then it is left untouched).
+
+def open_catalog(url: str | Path, *, create: bool = True) -> Catalog:
+    """Open the catalog at a path or URL, migrated to the newest schema.
+
+    With `create` (a scan, an import) a missing SQLite file is made; without it
+    (status, export, search, corrections...) a missing catalog is a CatalogError
+    and nothing is written: a command run in the wrong folder must not leave an
+    empty catalog behind that looks like lost data.
+
+    Raises CatalogError when the folder of a SQLite file does not exist, the path
+    is a folder, the database cannot be read, it is not an artnote catalog, or it
+    was made by a newer artnote (then it is left untouched).
     """
-    where = display_url(catalog_url(url))
+    sa_url = catalog_url(url)
+    where = display_url(sa_url)
+    if not create:
+        database = sa_url.database or ""
+        sqlite_file = sa_url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+        if sqlite_file and not database.startswith("file:") and not Path(database).exists():
+            raise CatalogError(f"no catalog at {where}: {NO_CATALOG_HINT}")
     engine = create_catalog_engine(url)
     try:
+        if not create and not has_schema(engine, where):
+            raise CatalogError(f"no artnote catalog in {where}: {NO_CATALOG_HINT}")
         upgrade_to_head(engine, where)
     except BaseException:
         engine.dispose()

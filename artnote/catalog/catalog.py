@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
 
-from artnote.catalog import queries, reviews
+from artnote.catalog import queries, reviews, search
 from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
 from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import annotations, chunks, collections, images, runs
@@ -362,6 +362,7 @@ class Catalog:
                 return []
             stmt = insert(annotations).returning(annotations.c.id, sort_by_parameter_order=True)
             new_ids = [int(i) for (i,) in conn.execute(stmt, rows)]
+            search.refresh(conn, {r["sha256"] for r in rows})
             for chunk in chunks(sorted({r["sha256"] for r in rows})):
                 conn.execute(
                     update(images)
@@ -485,12 +486,14 @@ class Catalog:
             return queries.failures(conn)
 
     def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Current annotations matching every word of `query`, best first (BM25 on SQLite).
+        """Contents whose current values (corrections over model output) match every word
+        of `query`, best first (BM25 on SQLite).
 
-        Each hit: image_id, path, sha256, annotation_id, alt_text, snippet, rank.
+        Each hit: image_id, path, sha256, annotation_id, alt_text, description,
+        explanation (current values), snippet, rank.
         """
         with self._read() as conn:
-            return queries.search(conn, query, limit, fts=self.is_sqlite)
+            return search.search(conn, query, limit, fts=self.is_sqlite)
 
     def find_image(self, ref: str) -> ImageInfo:
         """An image by exported path, numeric id, or unique sha256 prefix (NotFoundError)."""

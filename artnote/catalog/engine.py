@@ -57,7 +57,13 @@ def catalog_url(url_or_path: str | Path) -> URL:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         assert url.database is not None
         if not url.database.startswith("file:"):
-            parent = Path(url.database).expanduser().absolute().parent
+            path = Path(url.database).expanduser().absolute()
+            if path.is_dir():  # else SQLite's own words: "unable to open database file"
+                raise CatalogError(
+                    f"catalog {path} is a folder; give a catalog file, e.g. "
+                    f"--catalog {path / 'artnote.db'}"
+                )
+            parent = path.parent
             if not parent.is_dir():
                 raise CatalogError(
                     f"cannot create catalog {url.database}: folder {parent} does not exist"

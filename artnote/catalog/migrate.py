@@ -109,6 +109,13 @@ def quick_heads(folder: Path) -> set[str] | None:
     return (revisions - parents) or None
 
 
+def has_schema(engine: Engine, where: str) -> bool:
+    """Does the database hold any table (an artnote catalog, or something foreign that
+    upgrade_to_head will refuse by name)? False for an empty database."""
+    with translate_errors(where), engine.connect() as conn:
+        return bool(inspect(conn).get_table_names())
+
+
 _PG_LOCK_KEY = 0x61727410  # any constant shared by every artnote process
 
 

@@ -49,8 +49,10 @@ REVIEW_KINDS = ("correction", "approval")
 REVIEW_FIELDS = ("alt_text", "description", "emotion", "explanation")
 
 # Tables that exist only on SQLite (FTS5 virtual table and its shadow tables);
-# they are created by migrations and never by the models.
-FTS_TABLE = "annotations_fts"
+# they are created by migrations and never by the models. Revisions before 0003
+# indexed annotations (model output only) in annotations_fts.
+FTS_TABLE = "search_fts"
+OLD_FTS_TABLES = ("annotations_fts",)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -199,6 +201,24 @@ class Review(Base):
     created_at: Mapped[datetime]
 
 
+class SearchText(Base):
+    """What `artnote search` finds: per content, the current value of each text field
+    (the newest correction, else the current annotation's text).
+
+    Kept in step in the same transaction as the annotation or correction that changes
+    it (artnote.catalog.search_index); on SQLite the FTS5 index `search_fts` follows it
+    by triggers. A content corrected but never annotated (ArtEmis) has a row too.
+    """
+
+    __tablename__ = "search_texts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the FTS5 rowid
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    alt_text: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    explanation: Mapped[str | None] = mapped_column(Text)
+
+
 class Adapter(Base):
     """A fine-tuned adapter that `scan --adapter NAME|latest` can use."""
 
@@ -217,4 +237,4 @@ class Adapter(Base):
 
 def is_fts_table(name: str) -> bool:
     """True for the FTS5 index and its shadow tables (SQLite only, made by migrations)."""
-    return name == FTS_TABLE or name.startswith(FTS_TABLE + "_")
+    return any(name == t or name.startswith(t + "_") for t in (FTS_TABLE, *OLD_FTS_TABLES))

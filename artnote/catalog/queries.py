@@ -18,13 +18,12 @@ from sqlalchemy import (
     Exists,
     Select,
     Table,
-    and_,
     case,
     func,
     literal,
+    null,
     or_,
     select,
-    text,
 )
 
 from artnote.catalog.models import Annotation, Collection, Image, Run
@@ -184,43 +183,36 @@ def _present_and_current(stmt: Select) -> Select:
 
 def export_table(conn: Connection) -> Iterator[list[Any]]:
     """export_rows for CSV: one list of cell values per image, in artnote.export.CSV_COLUMNS
-    order (status left None: the caller lays reviews over), with no dict or datetime per row.
+    order (status and who reviewed it left None: the caller lays reviews over), with no
+    dict or datetime per row.
 
     On SQLite the timestamp is formatted by SQLite itself.
     """
     a = annotations
     sqlite = conn.dialect.name == "sqlite"
     created = func.strftime("%Y-%m-%dT%H:%M:%S+00:00", a.c.created_at) if sqlite else a.c.created_at
-    stmt = select(
-        collections.c.root,
-        images.c.relpath,
-        images.c.sha256,
-        images.c.width,
-        images.c.height,
-        a.c.alt_text,
-        a.c.description,
-        a.c.dominant_emotion,
-        *(a.c[name] for name in EMOTION_COLUMNS),
-        a.c.explanation,
-        a.c.model,
-        a.c.adapter,
-        created,
-        a.c.adapter_name,
-        a.c.model_revision,
-        a.c.prompt_version,
-        images.c.id,
-        a.c.id,
-    )
-    # The selected cells are CSV_COLUMNS less path (made here) and status (the caller's).
-    status = CSV_COLUMNS.index("status") - 1
-    created_at = CSV_COLUMNS.index("annotated_at") - 2
+    cells = {
+        "sha256": images.c.sha256,
+        "width": images.c.width,
+        "height": images.c.height,
+        **{name: a.c[name] for name in ("alt_text", "description", "dominant_emotion")},
+        **{name: a.c[name] for name in EMOTION_COLUMNS},
+        **{name: a.c[name] for name in ("explanation", "model", "adapter")},
+        "annotated_at": created,
+        **{name: a.c[name] for name in ("adapter_name", "model_revision", "prompt_version")},
+        "image_id": images.c.id,
+        "annotation_id": a.c.id,
+    }
+    # Every CSV column but path (made here); those the catalog's row lacks are NULL.
+    columns = [cells.get(c, null()).label(c) for c in CSV_COLUMNS[1:]]
+    stmt = select(collections.c.root, images.c.relpath, *columns)
+    created_at = CSV_COLUMNS.index("annotated_at") - 1
     result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
-    for root, relpath, *cells in result:
-        if not sqlite and cells[created_at] is not None:
-            cells[created_at] = cells[created_at].isoformat(timespec="seconds")
-        cells.insert(status, None)
-        cells.insert(0, image_path(root, relpath))
-        yield cells
+    for root, relpath, *row in result:
+        if not sqlite and row[created_at] is not None:
+            row[created_at] = row[created_at].isoformat(timespec="seconds")
+        row.insert(0, image_path(root, relpath))
+        yield row
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
@@ -259,97 +251,6 @@ def failures(conn: Connection) -> list[tuple[str, str]]:
     )
     out.extend((str(path), str(reason)) for path, reason in latest or ())
     return out
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def fts5_query(query: str) -> str:
-    """Each word of `query` as a quoted FTS5 string (all must match); 'word*' keeps a prefix.
-
-    Quoting makes FTS5 operators, column filters and stray quotes plain text.
-    """
-    terms = []
-    for word in _CONTROL.sub(" ", query).split():
-        prefix = word.endswith("*") and len(word) > 1
-        word = word.rstrip("*") if prefix else word
-        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
-    return " ".join(terms)
-
-
-_SEARCH_FTS = text(
-    """
-    SELECT i.id AS image_id, c.root, i.relpath, a.sha256, a.id AS annotation_id, a.alt_text,
-           snippet(annotations_fts, -1, '[', ']', '...', 12) AS snippet,
-           bm25(annotations_fts) AS rank
-    FROM annotations_fts
-    JOIN annotations AS a ON a.id = annotations_fts.rowid
-    JOIN images AS i ON i.id = (
-        SELECT min(i2.id) FROM images AS i2
-        WHERE i2.sha256 = a.sha256 AND i2.status != 'missing')
-    JOIN collections AS c ON c.id = i.collection_id
-    WHERE annotations_fts MATCH :query
-      AND a.id = (SELECT max(a2.id) FROM annotations AS a2 WHERE a2.sha256 = a.sha256)
-    ORDER BY rank
-    LIMIT :limit
-    """
-)
-
-
-def search(conn: Connection, query: str, limit: int, *, fts: bool) -> list[dict[str, Any]]:
-    if limit <= 0:
-        return []
-    if fts:
-        match = fts5_query(query)
-        if not match:
-            return []
-        rows = conn.execute(_SEARCH_FTS, {"query": match, "limit": limit}).mappings()
-    else:
-        rows = _search_like(conn, query, limit)
-    hits = []
-    for row in rows:
-        hit = dict(row)
-        hit["path"] = image_path(hit.pop("root"), hit.pop("relpath"))
-        hits.append(hit)
-    return hits
-
-
-def _search_like(conn: Connection, query: str, limit: int) -> Any:
-    """Databases without FTS5: every word must appear in one of the texts (newest first)."""
-    words = _CONTROL.sub(" ", query).split()
-    if not words:
-        return []
-    a = annotations
-    fields = (a.c.alt_text, a.c.description, a.c.explanation)
-    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
-    matches = and_(*(or_(*(f.ilike(f"%{w}%", escape="\\") for f in fields)) for w in escaped))
-    a2 = annotations.alias("a2")
-    newest = select(func.max(a2.c.id)).where(a2.c.sha256 == a.c.sha256)
-    i2 = images.alias("i2")
-    first_image = (
-        select(func.min(i2.c.id))
-        .where(i2.c.sha256 == a.c.sha256, i2.c.status != "missing")
-        .scalar_subquery()
-    )
-    stmt = (
-        select(
-            images.c.id.label("image_id"),
-            collections.c.root,
-            images.c.relpath,
-            a.c.sha256,
-            a.c.id.label("annotation_id"),
-            a.c.alt_text,
-            a.c.alt_text.label("snippet"),
-            literal(0.0).label("rank"),
-        )
-        .select_from(a)
-        .join(images, images.c.id == first_image)
-        .join(collections, collections.c.id == images.c.collection_id)
-        .where(matches, a.c.id == newest.scalar_subquery())
-        .order_by(a.c.id.desc())
-        .limit(limit)
-    )
-    return conn.execute(stmt).mappings()
 
 
 _HEX = re.compile(r"[0-9a-fA-F]{4,64}")

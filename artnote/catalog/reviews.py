@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, insert, select
 
+from artnote.catalog import search
 from artnote.catalog.models import Adapter, Review, utcnow
 from artnote.catalog.queries import (
     annotations,
@@ -39,6 +41,8 @@ class ReviewState:
 
     corrections: dict[str, str] = field(default_factory=dict)  # field -> newest value
     status: str = "draft"  # draft | corrected | approved
+    by: str | None = None  # who made the newest review (museums show who approved a text)
+    at: datetime | None = None  # and when
 
 
 def emotion_value(distribution: dict[str, float]) -> str:
@@ -55,12 +59,21 @@ def add_reviews(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         return 0
     now = utcnow()
     conn.execute(insert(reviews), [{**r, "created_at": now} for r in rows])
+    # Same transaction: `artnote search` finds a correction as soon as it exists.
+    search.refresh(conn, {r["sha256"] for r in rows if r["kind"] == "correction"})
     return len(rows)
 
 
 def review_states(conn: Connection, sha256s: Iterable[str] | None = None) -> dict[str, ReviewState]:
     """Net review state per content (all contents with reviews when sha256s is None)."""
-    stmt = select(reviews.c.sha256, reviews.c.kind, reviews.c.field, reviews.c.value)
+    stmt = select(
+        reviews.c.sha256,
+        reviews.c.kind,
+        reviews.c.field,
+        reviews.c.value,
+        reviews.c.by,
+        reviews.c.created_at,
+    )
     batches = (
         [stmt.order_by(reviews.c.id)]
         if sha256s is None
@@ -71,8 +84,9 @@ def review_states(conn: Connection, sha256s: Iterable[str] | None = None) -> dic
     )
     out: dict[str, ReviewState] = {}
     for batch in batches:
-        for sha, kind, name, value in conn.execute(batch):
+        for sha, kind, name, value, by, at in conn.execute(batch):
             state = out.setdefault(sha, ReviewState())
+            state.by, state.at = by, at
             if kind == "correction":
                 state.corrections[name] = value
                 state.status = "corrected"
@@ -85,6 +99,7 @@ def overlay(row: dict[str, Any], state: ReviewState | None) -> dict[str, Any]:
     """Lay a content's corrections over its annotation row (export keys), set its status."""
     if state is None:
         row["status"] = "draft"
+        row["reviewed_by"] = row["reviewed_at"] = None
         return row
     for name in TEXT_FIELDS:
         if name in state.corrections:
@@ -95,6 +110,8 @@ def overlay(row: dict[str, Any], state: ReviewState | None) -> dict[str, Any]:
             row[column] = float(dist[label])
         row["dominant_emotion"] = max(EMOTIONS, key=lambda e: dist[e])
     row["status"] = state.status
+    row["reviewed_by"] = state.by
+    row["reviewed_at"] = state.at.isoformat(timespec="seconds") if state.at else None
     return row
 
 

@@ -1,0 +1,189 @@
+"""Full-text search over what users see now: per content, the newest correction of each
+text field, else the current annotation's text.
+
+`search_texts` holds those values (one row per content); on SQLite the FTS5 index
+`search_fts` follows it by triggers (migrations/versions/0003). `refresh()` is
+called inside the transaction that adds annotations or reviews, so the index is
+never behind the catalog. Other databases search search_texts with LIKE.
+
+User input reaches SQL only as bound parameters, and FTS5 queries are re-quoted
+word by word so that FTS5's query syntax cannot be injected either.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from artnote.catalog.models import Review, SearchText
+from artnote.catalog.queries import annotations, chunks, collections, image_path, images
+
+search_texts = cast(Table, SearchText.__table__)
+reviews = cast(Table, Review.__table__)
+
+FIELDS = ("alt_text", "description", "explanation")
+
+
+def refresh(conn: Connection, sha256s: Iterable[str]) -> None:
+    """Recompute the searchable texts of these contents from their annotations and
+    corrections (call inside the write transaction that changed them)."""
+    a, r = annotations, reviews
+    for chunk in chunks(sorted(set(sha256s))):
+        current: dict[str, dict[str, str | None]] = {}
+        newest = select(func.max(a.c.id)).where(a.c.sha256.in_(chunk)).group_by(a.c.sha256)
+        stmt = select(a.c.sha256, *(a.c[f] for f in FIELDS)).where(a.c.id.in_(newest))
+        for sha, *values in conn.execute(stmt):
+            current[sha] = dict(zip(FIELDS, values, strict=True))
+        corrections = (
+            select(r.c.sha256, r.c.field, r.c.value)
+            .where(r.c.sha256.in_(chunk), r.c.kind == "correction", r.c.field.in_(FIELDS))
+            .order_by(r.c.id)  # the newest correction of a field wins
+        )
+        for sha, name, value in conn.execute(corrections):
+            current.setdefault(sha, dict.fromkeys(FIELDS))[name] = value
+        if not current:
+            continue
+        known = set(
+            conn.scalars(
+                select(search_texts.c.sha256).where(search_texts.c.sha256.in_(list(current)))
+            )
+        )
+        rows = [{"b_sha": sha, **values} for sha, values in current.items() if sha in known]
+        if rows:
+            conn.execute(
+                update(search_texts)
+                .where(search_texts.c.sha256 == bindparam("b_sha"))
+                .values({f: bindparam(f) for f in FIELDS}),
+                rows,
+            )
+        new = [{"sha256": sha, **values} for sha, values in current.items() if sha not in known]
+        if new:
+            conn.execute(insert(search_texts), new)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def fts5_query(query: str) -> str:
+    """Each word of `query` as a quoted FTS5 string (all must match); 'word*' keeps a prefix.
+
+    Quoting makes FTS5 operators, column filters and stray quotes plain text.
+    """
+    terms = []
+    for word in _CONTROL.sub(" ", query).split():
+        prefix = word.endswith("*") and len(word) > 1
+        word = word.rstrip("*") if prefix else word
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+_SEARCH_FTS = text(
+    """
+    SELECT i.id AS image_id, c.root, i.relpath, s.sha256,
+           (SELECT max(a.id) FROM annotations AS a WHERE a.sha256 = s.sha256) AS annotation_id,
+           s.alt_text, s.description, s.explanation,
+           snippet(search_fts, -1, '[', ']', '...', 12) AS snippet,
+           bm25(search_fts) AS rank
+    FROM search_fts
+    JOIN search_texts AS s ON s.id = search_fts.rowid
+    JOIN images AS i ON i.id = (
+        SELECT min(i2.id) FROM images AS i2
+        WHERE i2.sha256 = s.sha256 AND i2.status != 'missing')
+    JOIN collections AS c ON c.id = i.collection_id
+    WHERE search_fts MATCH :query
+    ORDER BY rank
+    LIMIT :limit
+    """
+)
+
+
+def search(conn: Connection, query: str, limit: int, *, fts: bool) -> list[dict[str, Any]]:
+    """Contents whose current texts match every word of `query`, best first; each hit has
+    image_id, path, sha256, annotation_id, alt_text, description, explanation, snippet, rank."""
+    if limit <= 0:
+        return []
+    if fts:
+        match = fts5_query(query)
+        if not match:
+            return []
+        rows = conn.execute(_SEARCH_FTS, {"query": match, "limit": limit}).mappings()
+    else:
+        rows = _search_like(conn, query, limit)
+    hits = []
+    for row in rows:
+        hit = dict(row)
+        hit["path"] = image_path(hit.pop("root"), hit.pop("relpath"))
+        if not fts:
+            hit["snippet"] = _snippet(hit, query)
+        hits.append(hit)
+    return hits
+
+
+def _snippet(hit: dict[str, Any], query: str, width: int = 60) -> str:
+    """FTS5's snippet() for LIKE hits: the first field with the first word, around it."""
+    word = (_CONTROL.sub(" ", query).split() or [""])[0].rstrip("*").lower()
+    for name in FIELDS:
+        value = hit.get(name) or ""
+        at = value.lower().find(word)
+        if at >= 0:
+            start = max(0, at - width // 2)
+            middle = value[at : at + len(word)]
+            before, after = value[start:at], value[at + len(word) : at + len(word) + width // 2]
+            return (
+                ("..." if start else "")
+                + f"{before}[{middle}]{after}"
+                + ("..." if at + len(word) + width // 2 < len(value) else "")
+            )
+    return hit.get("alt_text") or ""
+
+
+def _search_like(conn: Connection, query: str, limit: int) -> Any:
+    """Databases without FTS5: every word must appear in one of the texts (newest first)."""
+    words = _CONTROL.sub(" ", query).split()
+    if not words:
+        return []
+    s = search_texts
+    fields = [s.c[f] for f in FIELDS]
+    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
+    matches = and_(*(or_(*(f.ilike(f"%{w}%", escape="\\") for f in fields)) for w in escaped))
+    i2 = images.alias("i2")
+    first_image = (
+        select(func.min(i2.c.id))
+        .where(i2.c.sha256 == s.c.sha256, i2.c.status != "missing")
+        .scalar_subquery()
+    )
+    newest = select(func.max(annotations.c.id)).where(annotations.c.sha256 == s.c.sha256)
+    stmt = (
+        select(
+            images.c.id.label("image_id"),
+            collections.c.root,
+            images.c.relpath,
+            s.c.sha256,
+            newest.scalar_subquery().label("annotation_id"),
+            *fields,
+            s.c.alt_text.label("snippet"),
+            literal(0.0).label("rank"),
+        )
+        .select_from(s)
+        .join(images, images.c.id == first_image)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .where(matches)
+        .order_by(s.c.id.desc())
+        .limit(limit)
+    )
+    return conn.execute(stmt).mappings()
