@@ -3,13 +3,23 @@
 Everything is appended as reviews (artnote.catalog.reviews); nothing is
 overwritten. A CSV import is validated whole first and written in one
 transaction, so a file with one bad row imports nothing (unless skip_bad).
+
+A CSV file comes back the way the curator's spreadsheet saved it: comma, semicolon
+(Excel where the decimal mark is a comma) or tab separated ("Unicode Text"), in UTF-8
+with or without BOM or in UTF-16 with BOM. Legacy code pages (Excel's plain "CSV" on
+Windows) are refused, not guessed: Excel writes "?" for every character the code page
+lacks, and those cells would then differ from the catalog and come back as corrections.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import itertools
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +27,7 @@ from artnote.catalog import Catalog
 from artnote.catalog.reviews import emotion_value
 from artnote.emotions import EMOTIONS, normalise_emotion
 from artnote.errors import ArtnoteError
-from artnote.export import FORMULA_PREFIXES
+from artnote.export import CSV_COLUMNS, FORMULA_PREFIXES
 
 ALT_TEXT_MAX = 250  # IPTC: aim for 125, never over 250
 TEXT_MAX = 20_000  # a description longer than this is a paste error, not a description
@@ -30,6 +40,20 @@ COLUMNS = {
 }
 _FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Comma first: the export's own, so it wins a tie (a header of one column).
+DELIMITERS = (",", ";", "\t")
+_KNOWN_COLUMNS = frozenset(CSV_COLUMNS)
+_BOMS = (  # (BOM, codec, name in messages); the utf-16 codec reads the BOM's byte order
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
+_WORKBOOKS = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip), .xls (OLE)
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes surrogateescape could not decode
+_SAVE_AS = (
+    'save it from the spreadsheet as "CSV UTF-8" or "Unicode Text" (artnote reads UTF-8, '
+    "with or without BOM, and UTF-16 with BOM)"
+)
 
 
 class CorrectionError(ArtnoteError):
@@ -94,19 +118,27 @@ def import_csv(
     roots = catalog.collection_roots()
     report = ImportReport()
     items: list[tuple[int, str, str | None, str | None]] = []
-    try:
-        handle = open(path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise CorrectionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    handle, encoding = _open_text(path)
     with handle:
-        reader = csv.reader(handle)
+        lines = _decoded_lines(path, handle, encoding)
         try:
-            header = next(reader)
-        except (StopIteration, csv.Error, UnicodeDecodeError):
+            first = next(lines, "")
+        except UnicodeDecodeError as exc:
+            raise _encoding_error(path, None, f"not {encoding} ({exc.reason})") from None
+        if not first:
+            raise CorrectionError(f"{path} is not a CSV export of artnote (no header)")
+        if "\x00" in first:  # UTF-16 or UTF-32 without a BOM reads as UTF-8 with NULs
+            raise _encoding_error(path, 1, f"NUL characters, so not {encoding} text")
+        delimiter = _delimiter(first)
+        reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except (StopIteration, csv.Error):
             raise CorrectionError(f"{path} is not a CSV export of artnote (no header)") from None
         if not {"sha256", "path"} & set(header) or not set(COLUMNS) & set(header):
             raise CorrectionError(
-                f"{path} needs a sha256 or path column and at least one of {', '.join(COLUMNS)}"
+                f"{path} needs a sha256 or path column and at least one of "
+                f"{', '.join(COLUMNS)}; found: {_listed(header)}"
             )
         while True:
             line = reader.line_num + 1
@@ -114,9 +146,14 @@ def import_csv(
                 cells = next(reader)
             except StopIteration:
                 break
-            except (csv.Error, UnicodeDecodeError) as exc:
+            except csv.Error as exc:
                 report.bad.append((line, f"unreadable row: {exc}"))
                 break
+            except UnicodeDecodeError as exc:
+                # Decoded a block ahead of the reader, so the line is not known exactly.
+                raise _encoding_error(
+                    path, None, f"not {encoding} after line {line - 1} ({exc.reason})"
+                ) from None
             if not any(c.strip() for c in cells):
                 continue
             report.rows += 1
@@ -135,6 +172,73 @@ def import_csv(
     catalog.add_reviews(items, by=by, source="csv")
     report.imported = True
     return report
+
+
+def _open_text(path: Path) -> tuple[io.TextIOWrapper, str]:
+    """The file as text in the encoding its BOM names (UTF-8 without one), and that name.
+
+    Undecodable bytes become lone surrogates (surrogateescape), so that _decoded_lines
+    can say on which line they are instead of failing somewhere in a block read ahead.
+    """
+    try:
+        raw = open(path, "rb")  # closed by the TextIOWrapper it is handed to
+    except OSError as exc:
+        raise CorrectionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        start = raw.read(4)
+        raw.seek(0)
+    except OSError as exc:
+        raw.close()
+        raise CorrectionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if start.startswith(_WORKBOOKS):
+        raw.close()
+        raise CorrectionError(f"{path} is a spreadsheet workbook, not CSV; {_SAVE_AS}")
+    codec, name = next(((c, n) for bom, c, n in _BOMS if start.startswith(bom)), ("utf-8", "UTF-8"))
+    return io.TextIOWrapper(raw, encoding=codec, errors="surrogateescape", newline=""), name
+
+
+def _decoded_lines(path: Path, lines: Iterable[str], encoding: str) -> Iterator[str]:
+    """The lines as the csv reader takes them; CorrectionError at the first one holding
+    bytes that are not `encoding`. Lines are counted as csv's line_num counts them."""
+    for number, line in enumerate(lines, 1):
+        if not line.isascii() and (bad := _UNDECODED.search(line)):
+            byte = ord(bad.group()) - 0xDC00
+            raise _encoding_error(path, number, f"byte 0x{byte:02x} is not {encoding}")
+        yield line
+
+
+def _encoding_error(path: Path, line: int | None, what: str) -> CorrectionError:
+    where = f"{path}:{line}" if line else str(path)
+    return CorrectionError(f"{where}: {what}; {_SAVE_AS}")
+
+
+def _delimiter(header_line: str) -> str:
+    """The delimiter that splits the header into the most artnote column names (then into
+    the most fields, for the error that lists them).
+
+    The header is the one line whose content is known, and no column name holds a comma,
+    semicolon or tab; guessing from data rows instead (csv.Sniffer) can be swayed by
+    descriptions full of semicolons or commas, and gives up on a few such rows.
+    """
+
+    def score(delimiter: str) -> tuple[int, int]:
+        try:
+            names = next(csv.reader([header_line], delimiter=delimiter), [])
+        except csv.Error:
+            return (0, 0)
+        return (sum(n.strip() in _KNOWN_COLUMNS for n in names), len(names))
+
+    return max(DELIMITERS, key=score)
+
+
+def _listed(names: list[str], most: int = 12, width: int = 40) -> str:
+    if not any(names):
+        return "no column names"
+    shown = [
+        (n if len(n) <= width else n[: width - 1] + "…") if n else "(empty)" for n in names[:most]
+    ]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(shown) + more
 
 
 def _row_items(record, by_sha, by_path, roots) -> list[tuple[int, str, str | None, str | None]]:
