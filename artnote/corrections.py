@@ -28,6 +28,7 @@ from artnote.catalog.reviews import emotion_value
 from artnote.emotions import EMOTIONS, normalise_emotion
 from artnote.errors import ArtnoteError
 from artnote.export import CSV_COLUMNS, FORMULA_PREFIXES
+from artnote.text import clean_field
 
 ALT_TEXT_MAX = 250  # IPTC: aim for 125, never over 250
 TEXT_MAX = 20_000  # a description longer than this is a paste error, not a description
@@ -78,6 +79,7 @@ def check_value(review_field: str, value: str) -> str:
         if label is None:
             raise CorrectionError(f"emotion {value!r} is not one of: {', '.join(EMOTIONS)}")
         return emotion_value({label: 1.0})
+    value = clean_field(review_field, value)[0]  # no control characters, as model text
     if not value:
         raise CorrectionError(f"{review_field} is empty")
     limit = ALT_TEXT_MAX if review_field == "alt_text" else TEXT_MAX

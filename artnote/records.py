@@ -23,6 +23,11 @@ class Provenance:
     encoder: str  # onnx | torch
     device: str
     ms: float  # wall time for this image's share of its batch
+    # The text fields (artnote.text.TEXT_FIELDS order) whose model output held characters
+    # that artnote.text removes or replaces (controls, noncharacters, CR and other line
+    # breaks than LF), so a reader knows the stored text differs from the output in more
+    # than spacing. The key is absent from provenance stored before cleaning existed.
+    cleaned: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -16,7 +16,6 @@ from alembic import command
 from sqlalchemy import text
 
 from artnote.catalog import Catalog, FileState, ImageMeta, open_catalog
-from artnote.catalog import queries as q
 from artnote.catalog import search as search_module
 from artnote.catalog.migrate import alembic_config, head_revisions
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS

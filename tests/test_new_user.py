@@ -274,3 +274,38 @@ def test_ci_runs_the_readme_install_and_test_lines_as_written():
     assert 'readme_line "Set up"' in run and 'readme_line "Test"' in run
     assert 'eval "$install_line"' in run and 'eval "$test_line"' in run
     assert "pip install -q torch==2.13.0" in run  # the one machine pin, before the README's lines
+
+
+# --- 11. control characters in model output ------------------------------------------------
+
+
+def test_control_characters_stored_before_the_fix_are_removed_at_export(tmp_path):
+    """Annotations written before model text was cleaned: export cleans them, and JSON
+    Lines' provenance says which fields were cleaned."""
+    import sqlite3
+
+    db = tmp_path / "c.db"
+    two_paintings(str(db), tmp_path)
+    with sqlite3.connect(db) as con:  # as an older artnote stored a random model's output
+        con.execute(
+            "UPDATE annotations SET alt_text = ?, description = ? WHERE sha256 = ?",
+            ("Blue\x1b waves\x00.", "Line one\x07.\nLine two\x7f.", "a" * 64),
+        )
+    table = cli("export", "csv", "--catalog", db).stdout
+    rows = {r["sha256"]: r for r in csv.DictReader(io.StringIO(table))}
+    assert rows["a" * 64]["alt_text"] == "Blue waves."
+    assert rows["a" * 64]["description"] == "Line one.\nLine two."
+    lines = cli("export", "jsonl", "--catalog", db).stdout.splitlines()
+    by_sha = {r["sha256"]: r for r in map(json.loads, lines)}
+    assert by_sha["a" * 64]["alt_text"] == "Blue waves."
+    assert by_sha["a" * 64]["provenance"]["cleaned"] == ["alt_text", "description"]
+    assert not by_sha["b" * 64]["provenance"]["cleaned"]  # clean text: nothing cleaned
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", table.replace("\r\n", "\n"))
+
+
+def test_corrections_are_cleaned_of_control_characters(tmp_path):
+    db = tmp_path / "c.db"
+    two_paintings(str(db), tmp_path)
+    cli("correct", tmp_path / "gogh.jpg", "--alt-text", "Night\x1b sky\x00.", "--catalog", db)
+    rows = list(csv.DictReader(io.StringIO(cli("export", "csv", "--catalog", db).stdout)))
+    assert {r["alt_text"] for r in rows} == {HOKUSAI_DRAFT, "Night sky."}

@@ -224,7 +224,8 @@ def _rows(db: Path) -> dict[str, dict[object, tuple]]:
         names = [
             n
             for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if n != "alembic_version" and not n.startswith(("annotations_fts", "search_fts", "sqlite_"))
+            if n != "alembic_version"
+            and not n.startswith(("annotations_fts", "search_fts", "sqlite_"))
         ]
         out = {}
         for name in names:

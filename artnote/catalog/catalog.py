@@ -41,6 +41,7 @@ from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, Pen
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.export import CSV_COLUMNS
 from artnote.records import Annotation
+from artnote.text import MULTILINE_FIELDS, TEXT_FIELDS, clean_fields, clean_text, needs_cleaning
 
 
 class Catalog:
@@ -454,6 +455,12 @@ class Catalog:
         with self._read() as conn:
             states = reviews.review_states(conn)  # few next to images: held in memory
             for row in queries.export_rows(conn, provenance):
+                # Catalogs written before model text was cleaned may hold control characters.
+                row, cleaned = clean_fields(row)
+                if cleaned and isinstance(row.get("provenance"), dict):
+                    before = row["provenance"].get("cleaned") or []
+                    names = [f for f in TEXT_FIELDS if f in cleaned or f in before]
+                    row["provenance"] = {**row["provenance"], "cleaned": names}
                 yield reviews.overlay(row, states.get(row["sha256"]))
 
     def export_table(self) -> Iterator[list[Any]]:
@@ -461,9 +468,14 @@ class Catalog:
         laid over (corrected values, status), streamed in path order; the fast path of
         `artnote export csv`, equal to export_rows() in content."""
         status, sha = CSV_COLUMNS.index("status"), CSV_COLUMNS.index("sha256")
+        texts = [(CSV_COLUMNS.index(f), f in MULTILINE_FIELDS) for f in TEXT_FIELDS]
         with self._read() as conn:
             states = reviews.review_states(conn)
             for cells in queries.export_table(conn):
+                for at, multiline in texts:  # as export_rows: for catalogs from before cleaning
+                    value = cells[at]
+                    if value and needs_cleaning(value, multiline=multiline):
+                        cells[at] = clean_text(value, multiline=multiline)[0]
                 state = states.get(cells[sha]) if states else None
                 if state is None:
                     cells[status] = "draft"

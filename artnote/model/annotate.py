@@ -35,6 +35,7 @@ from artnote.model.encoder import ImageEncoder, make_encoder
 from artnote.model.families import language_model
 from artnote.model.load import LoadedModel
 from artnote.records import Annotation, Provenance
+from artnote.text import clean_text
 
 ALT_TEXT_LIMIT = 125
 GEN_FIELDS = ("alt_text", "description", "explanation")
@@ -112,19 +113,22 @@ class Annotator:
         ms = (time.perf_counter() - start) * 1000 / len(images)
         out = []
         for i, emotion in enumerate(dominant):
-            alt, cut = clean_alt_text(texts[i]["alt_text"])
+            # Cleaned as multiline, alt text too: the line breaks left decide which line
+            # of the raw alt text is kept, as they did before there was cleaning.
+            raw = {f: clean_text(texts[i][f], multiline=True) for f in GEN_FIELDS}
+            alt, cut = clean_alt_text(raw["alt_text"][0])
             lead = prompts.answer_lead("explanation", emotion)
             out.append(
                 Annotation(
                     alt_text=alt,
                     alt_text_truncated=cut,
-                    description=_clean(texts[i]["description"]),
+                    description=_clean(raw["description"][0]),
                     emotions={
                         e: float(p) for e, p in zip(EMOTIONS, probs[i].tolist(), strict=True)
                     },
                     dominant_emotion=emotion,
-                    explanation=_clean(f"{lead} {texts[i]['explanation'].strip()}"),
-                    provenance=self._provenance(ms),
+                    explanation=_clean(f"{lead} {raw['explanation'][0].strip()}"),
+                    provenance=self._provenance(ms, [f for f in GEN_FIELDS if raw[f][1]]),
                     extra={"emotion_loglik": loglik[i].tolist()},
                 )
             )
@@ -292,7 +296,7 @@ class Annotator:
             )
         return out.last_hidden_state
 
-    def _provenance(self, ms: float) -> Provenance:
+    def _provenance(self, ms: float, cleaned: list[str]) -> Provenance:
         gen = {
             "alt_text_tokens": self.gen.alt_text_tokens,
             "description_tokens": self.gen.description_tokens,
@@ -314,6 +318,7 @@ class Annotator:
             encoder=self.encoder.name,
             device=str(self.loaded.device),
             ms=round(ms, 2),
+            cleaned=cleaned,
         )
 
 
