@@ -120,7 +120,8 @@ def scan(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Annotate every new or changed image under FOLDER (incremental and resumable)."""
+    """Annotate every new or changed image under FOLDER, or one image file (incremental and
+    resumable)."""
     from artnote.pipeline import AnnotatorFactory
     from artnote.pipeline import scan as run_scan
 
@@ -132,13 +133,20 @@ def scan(
     )
     if limit is not None and limit < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--limit")
+    from artnote.catalog.engine import catalog_url
     from artnote.model.adapters import read_adapter_config
     from artnote.model.load import check_model_available
-    from artnote.pipeline import resolve_adapter
+    from artnote.pipeline import check_scan_target, resolve_adapter
 
+    # Everything that can be checked is checked before the catalog is opened: a scan
+    # that fails before its first image leaves no catalog behind.
+    check_scan_target(folder, settings.scan.extensions)
+    catalog_url(settings.catalog.url)  # a folder, or a file in a folder that is not there
     check_model_available(settings.model)
-    cat = _open_catalog(settings, create=True)
-    adapter_dir, adapter_name = resolve_adapter(cat, settings.model.adapter)
+    choice = settings.model.adapter
+    registered = bool(choice) and not Path(choice).expanduser().is_dir()  # a name, or latest
+    cat = _open_catalog(settings, create=not registered)
+    adapter_dir, adapter_name = resolve_adapter(cat, choice)
     adapter_hash = read_adapter_config(adapter_dir).content_hash if adapter_dir else None
 
     def make():
@@ -159,14 +167,10 @@ def scan(
         force=force,
         reannotate=reannotate,
         limit=limit,
-        progress=not quiet and sys.stderr.isatty(),
+        progress=not quiet,  # a bar on a terminal, a line every 30 s in a log
     )
     if not quiet:
-        _err(
-            f"{summary.outcome}: {summary.annotated} annotated, {summary.unchanged} unchanged, "
-            f"{summary.duplicates} duplicates, {summary.failed} failed, {summary.missing} missing "
-            f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
-        )
+        _err(summary.line())
         for path, reason in summary.failures[:20]:
             _err(f"  failed: {path}: {reason}")
         if len(summary.failures) > 20:
@@ -174,7 +178,7 @@ def scan(
     if summary.outcome == "interrupted":
         _err("Interrupted: what was annotated is saved; run the same command to resume.")
         raise typer.Exit(130)
-    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else 0)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.some_failed else 0)
 
 
 @app.command()

@@ -15,6 +15,9 @@ Rules of the walk:
   are not valid UTF-8 (the catalog stores paths as text, so such files are
   reported, shown with their odd bytes escaped, instead of being catalogued).
 Paths in results are relative to the root, with '/' separators, in sorted order.
+
+What a scan may be given (`check_target`): a folder, walked as above, or one image
+file, looked at by the same rules (`scan_file`) and nothing else.
 """
 
 from __future__ import annotations
@@ -27,14 +30,82 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from stat import S_ISREG
-from typing import NamedTuple
+from stat import S_ISDIR, S_ISREG
+from typing import Literal, NamedTuple
 
 from artnote.catalog.rows import FileState, KnownFile
 from artnote.config import DEFAULT_EXTENSIONS
-from artnote.errors import ImageError, NotFoundError
+from artnote.errors import ArtnoteError, ImageError, NotFoundError, NotScannableError
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class ScanTarget:
+    """What a scan was given, checked: a folder, or one image file in `folder`."""
+
+    path: Path  # as given (with ~ expanded), for messages
+    folder: Path  # resolved: the folder to walk, or the one that holds the file
+    file: str | None = None  # for a scan of one file: its path in `folder`, '/'-separated
+
+    @property
+    def kind(self) -> Literal["folder", "file"]:
+        return "folder" if self.file is None else "file"
+
+
+def check_target(path: str | Path, extensions: Iterable[str] = DEFAULT_EXTENSIONS) -> ScanTarget:
+    """Check what a scan was given before anything is written (NotFoundError,
+    NotScannableError): an existing folder, or a file the walk would take."""
+    given = Path(path).expanduser()
+    try:
+        info = os.stat(given)
+    except OSError as exc:
+        raise _target_error(given, exc) from None
+    if S_ISDIR(info.st_mode):
+        return ScanTarget(given, given.resolve())
+    name = given.name
+    suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    wanted = _suffixes(extensions)
+    if not S_ISREG(info.st_mode) or suffix not in wanted:
+        known = ", ".join(sorted(wanted))
+        raise NotScannableError(f"not a folder or an image file ({known}): {given}")
+    if name.startswith("."):  # the walk skips it: a folder scan would mark it missing
+        raise NotScannableError(f"a hidden file (its name starts with '.'), never scanned: {given}")
+    # The link's own name, in the folder that holds the link: as a walk of that folder sees it.
+    return ScanTarget(given, given.parent.resolve(), name)
+
+
+def in_collection(target: ScanTarget, roots: Iterable[str]) -> ScanTarget:
+    """A file under the root of a catalogued collection, as a file of that collection (the
+    deepest, if they nest): as one of a collection of its own folder, it would be
+    catalogued twice, and exported twice, once the larger collection is scanned again."""
+    if target.file is None:
+        return target
+    best: tuple[Path, tuple[str, ...]] | None = None
+    for root in map(Path, roots):
+        try:
+            parts = target.folder.relative_to(root).parts
+        except ValueError:
+            continue
+        if any(p.startswith(".") for p in parts):
+            continue  # that collection's walk skips this folder: it would mark the file missing
+        if best is None or len(root.parts) > len(best[0].parts):
+            best = (root, parts)
+    if best is None:
+        return target
+    return ScanTarget(target.path, best[0], "/".join((*best[1], target.file)))
+
+
+def _target_error(path: Path, exc: OSError) -> ArtnoteError:
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        if os.path.islink(path):
+            return NotFoundError(f"does not exist (a broken symbolic link): {path}")
+        return NotFoundError(f"does not exist: {path}")
+    if isinstance(exc, PermissionError):
+        return NotScannableError(f"cannot be read (permission denied): {path}")
+    if exc.errno == errno.ELOOP:
+        return NotScannableError(f"cannot be read (symbolic link loop): {path}")
+    return NotScannableError(f"cannot be read ({exc.strerror or exc}): {path}")
 
 
 class ImageFile(NamedTuple):
@@ -68,6 +139,50 @@ class ScanPlan:
     def unreadable_dirs(self) -> list[str]:
         """Folders whose files must not be marked missing: they may still be there."""
         return [p.relpath for p in self.problems if p.is_dir]
+
+
+class Walked:
+    """The files a scan's walk saw, by image id (it fills `known`, `unchanged`, `others`
+    and `seen`), and what became of each (`tally`)."""
+
+    def __init__(self) -> None:
+        self.known: Mapping[str, KnownFile] = {}  # the catalog before the scan
+        self.unchanged: set[int] = set()  # unchanged on disk
+        self.others: set[int] = set()  # new, changed or unreadable (new ones once recorded)
+        self.seen: int | None = None  # how many files; None until the walk is done
+
+    def saw(self, image_id: int) -> bool:
+        return image_id in self.unchanged or image_id in self.others
+
+    def tally(self, now: Mapping[str, KnownFile], fed: set[str], annotated: int) -> dict[str, int]:
+        """Each file seen in exactly one count, by its status `now` (after the scan): the
+        ScanSummary's seen, annotated + duplicates + unchanged + pending + failed. `fed`:
+        the contents the model annotated in the scan; `annotated`: how many files it fed."""
+        seen = self.seen or 0
+        counted = failed = pending = unchanged = done = 0
+        for rel, k in now.items():
+            if k.image_id in self.unchanged:
+                before: str | None = self.known[rel].status
+            elif k.image_id in self.others:
+                before = None
+            else:
+                continue
+            counted += 1
+            if k.status == "failed":
+                failed += 1
+            elif k.status != "annotated":
+                pending += 1
+            elif before in ("annotated", "missing") and k.sha256 not in fed:
+                unchanged += 1  # annotated before, and its content not again now
+            else:
+                done += 1  # fed to the model, or a twin of a content annotated before or now
+        return {
+            "seen": seen,
+            "failed": failed,
+            "unchanged": unchanged,
+            "pending": pending + seen - counted,  # not recorded yet when the scan stopped
+            "duplicates": max(0, done - annotated),
+        }
 
 
 def discover_images(
@@ -127,6 +242,30 @@ def scan_folder(
                 unchanged.append(old.image_id)
             else:
                 to_hash.append(ImageFile(rel, base + name, size, mtime_ns))
+    return plan
+
+
+def scan_file(root: str | Path, relpath: str, known: Mapping[str, KnownFile]) -> ScanPlan:
+    """The plan for one file of the collection at `root` (`check_target` chose it), by the
+    walk's rules; no other file is looked at, so none is seen, changed or missing."""
+    plan = ScanPlan()
+    abspath = os.path.join(root, *relpath.split("/"))
+    if not _is_utf8(relpath):
+        plan.problems.append(_odd_name(relpath, abspath, "file"))
+        return plan
+    try:
+        info = os.stat(abspath)
+    except OSError as exc:
+        plan.problems.append(ScanProblem(relpath, abspath, _file_reason(exc, abspath)))
+        return plan
+    if not S_ISREG(info.st_mode):
+        return plan  # replaced by a folder since it was checked: nothing to scan
+    old = known.get(relpath)
+    size, mtime_ns = info.st_size, info.st_mtime_ns
+    if old is not None and old.size == size and old.mtime_ns == mtime_ns and old.sha256:
+        plan.unchanged.append(old.image_id)
+    else:
+        plan.to_hash.append(ImageFile(relpath, abspath, size, mtime_ns))
     return plan
 
 
@@ -218,13 +357,7 @@ def _read_dir(
         try:
             info = entry.stat()  # the one system call per file
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                reason = "symbolic link loop"
-            elif entry.is_symlink():
-                reason = "broken symbolic link"
-            else:
-                reason = _reason(exc, "file")
-            problems.append(ScanProblem(prefix + name, base + name, reason))
+            problems.append(ScanProblem(prefix + name, base + name, _file_reason(exc, entry)))
             continue
         if S_ISREG(info.st_mode):
             files.append((name, info.st_size, info.st_mtime_ns))
@@ -310,6 +443,14 @@ def _is_utf8(name: str) -> bool:
 
 def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _file_reason(exc: OSError, entry: os.DirEntry | str) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if entry.is_symlink() if isinstance(entry, os.DirEntry) else os.path.islink(entry):
+        return "broken symbolic link"
+    return _reason(exc, "file")
 
 
 def _reason(exc: OSError, what: str) -> str:

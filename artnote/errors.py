@@ -40,3 +40,7 @@ class CatalogError(ArtnoteError):
 
 class NotFoundError(ArtnoteError):
     """An image, adapter or run named by the user does not exist."""
+
+
+class NotScannableError(ArtnoteError):
+    """The path exists but a scan cannot take it: not a folder, not an image file."""

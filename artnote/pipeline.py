@@ -11,23 +11,25 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from artnote import discover
 from artnote.catalog import Catalog
 from artnote.catalog.catalog import hidden_by
+from artnote.catalog.queries import image_path
 from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
 from artnote.errors import AdapterError, ArtnoteError, ImageError
 from artnote.images import decode_image
+from artnote.progress import Progress, ProgressFactory, Silent, open_progress
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,23 @@ RECORD_CHUNK = 500  # files per discovery transaction
 
 @dataclass
 class ScanSummary:
+    """What a scan did. Every file the walk saw is in exactly one of annotated, duplicates,
+    unchanged, pending and failed, so they add up to `seen` (a scan of one file sees one).
+    `missing` (files gone since the last scan) and `problems` (folders the walk could not
+    read) are not files of the walk and are counted apart."""
+
     run_id: int
-    annotated: int = 0  # images the model annotated in this run
-    unchanged: int = 0  # files skipped without being opened
-    duplicates: int = 0  # new files whose content was already (or is now) annotated
-    failed: int = 0  # files that could not be read, with a reason each
-    missing: int = 0  # files gone from disk since the last scan
+    annotated: int = 0  # fed to the model in this run, new or not (--force, a resumed scan)
+    unchanged: int = 0  # unchanged on disk, annotated before: not opened
+    duplicates: int = 0  # not fed: their content was annotated before, or now by a twin
+    failed: int = 0  # cannot be read, each with a reason (in `failures`)
+    pending: int = 0  # left for the next scan: --limit, an interruption, changed mid-scan
+    seen: int = 0  # files the walk saw: the sum of the five above
+    missing: int = 0  # gone from disk since the last scan
     changed_during_scan: int = 0  # rewritten after hashing: left for the next scan
     seconds: float = 0.0
     outcome: str = "completed"  # completed | interrupted
+    # This collection's unreadable files, then its unreadable folders (the run's problems).
     failures: list[tuple[str, str]] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # folders it could not read
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds
@@ -52,6 +62,11 @@ class ScanSummary:
     @property
     def images_per_s(self) -> float:
         return self.annotated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def some_failed(self) -> bool:
+        """A file or a folder could not be read (the CLI's exit code 3)."""
+        return bool(self.failures or self.failed)
 
     def counts(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -62,6 +77,28 @@ class ScanSummary:
         out["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         out["images_per_s"] = round(self.images_per_s, 3)
         return out
+
+    def line(self) -> str:
+        """The one-line summary: 'completed in 12.3 s, 10 files: 8 annotated (0.65 images/s),
+        0 unchanged, 2 failed; 1 missing'. Annotated, unchanged and failed always show;
+        the rest only when not zero, and the rate only when something was annotated."""
+        files = "1 file" if self.seen == 1 else f"{self.seen} files"
+        parts = [f"{self.annotated} annotated"]
+        if self.annotated:
+            parts[0] += f" ({self.images_per_s:.2f} images/s)"
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicates")
+        parts.append(f"{self.unchanged} unchanged")
+        if self.pending:
+            parts.append(f"{self.pending} left pending")
+        parts.append(f"{self.failed} failed")
+        text = f"{self.outcome} in {self.seconds:.1f} s, {files}: {', '.join(parts)}"
+        if self.missing:
+            text += f"; {self.missing} missing"
+        if self.problems:
+            n = len(self.problems)
+            text += f"; {n} {'folder' if n == 1 else 'folders'} unreadable"
+        return text
 
 
 class AnnotatorFactory:
@@ -77,6 +114,11 @@ class AnnotatorFactory:
         return self._annotator
 
 
+# What `scan` will take a path as (target.kind: folder | file), or NotFoundError ('does not
+# exist: PATH') / NotScannableError; it reads the path only: call it before opening a catalog.
+check_scan_target = discover.check_target
+
+
 def scan(
     root: Path,
     settings: Settings,
@@ -89,16 +131,24 @@ def scan(
     force: bool = False,
     reannotate: bool = False,
     limit: int | None = None,
-    progress: bool = False,
+    progress: bool | ProgressFactory = False,
 ) -> ScanSummary:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ArtnoteError(f"not a folder: {root}")
-    root = root.resolve()
+    """Annotate what is new or changed in the folder `root`, or the one image file `root`.
+
+    A file is scanned as part of the catalogued collection it lies in, if any, else of
+    its folder; then nothing but that file is looked at, and nothing else is marked
+    missing. `progress`: True for a bar on a terminal, else lines (artnote.progress),
+    on stderr; or a factory, total -> reporter. The path is checked before anything is
+    written to the catalog.
+    """
+    target = check_scan_target(root, settings.scan.extensions)
+    target = discover.in_collection(target, catalog.collection_roots())
+    folder, only = target.folder, target.file
     start = time.perf_counter()
-    collection = catalog.ensure_collection(root)
+    collection = catalog.ensure_collection(folder)
     run_settings = {
-        "root": str(root),
+        "root": str(folder),
+        **({"file": only} if only is not None else {}),
         "force": force,
         "reannotate": reannotate,
         "limit": limit,
@@ -106,36 +156,42 @@ def scan(
     }
     run_id = catalog.start_run(run_settings, model_name, adapter)
     summary = ScanSummary(run_id=run_id)
+    walk = _Walk(folder, only)
+    fed: set[str] = set()  # contents the model annotated in this run
     try:
-        changed = _discover(root, collection, run_id, settings, catalog, summary)
+        needed = _discover(walk, collection, run_id, settings, catalog, summary)
         pending = []
-        if changed or force or reannotate:
+        if needed or force or reannotate:
             pending = catalog.pending_images(
-                collection, force=force, limit=limit, reannotate=reannotate, adapter=adapter_hash
+                collection,
+                force=force,
+                limit=limit if only is None else None,
+                reannotate=reannotate,
+                adapter=adapter_hash,
             )
+            pending = walk.restrict(pending, catalog, collection, force)
         if pending:
+            walk.touched = True
             fresh_only = not (force or reannotate)
-            _annotate(pending, settings, catalog, annotator, run_id, summary, progress, fresh_only)
+            _annotate(
+                pending, settings, catalog, annotator, run_id, summary, progress, fresh_only, fed
+            )
     except KeyboardInterrupt:
         summary.outcome = "interrupted"
     except BaseException:
         summary.seconds = time.perf_counter() - start
         catalog.finish_run(run_id, "failed", summary.counts())
         raise
+    if walk.seen is not None:  # else interrupted before the walk was done: nothing to count
+        now = catalog.known_files(collection) if walk.touched else walk.known
+        for name, count in walk.tally(now, fed, summary.annotated).items():
+            setattr(summary, name, count)
     summary.seconds = time.perf_counter() - start
-    summary.failures = _failures_under(catalog, root)
-    summary.failed = len(summary.failures)
+    summary.failures = walk.failures(catalog)
     catalog.finish_run(run_id, summary.outcome, summary.counts(), summary.problems)
     if summary.problems:  # kept with the run: now listed as the latest run's problems
-        summary.failures = _failures_under(catalog, root)
-        summary.failed = len(summary.failures)
+        summary.failures = walk.failures(catalog)
     return summary
-
-
-def _failures_under(catalog: Catalog, root: Path) -> list[tuple[str, str]]:
-    """This folder's unreadable files: another collection's failures are not this scan's."""
-    prefix = str(root).rstrip(os.sep) + os.sep
-    return [(p, r) for p, r in catalog.failures() if p.startswith(prefix) or p == str(root)]
 
 
 def resolve_adapter(catalog: Catalog, choice: str | None) -> tuple[Path | None, str | None]:
@@ -165,47 +221,92 @@ def resolve_adapter(catalog: Catalog, choice: str | None) -> tuple[Path | None, 
     return folder, chosen["name"]
 
 
-def _discover(root, collection, run_id, settings, catalog, summary) -> bool:
-    """Walk, compare with the catalog, hash what is new or changed, note what is gone.
+class _Walk(discover.Walked):
+    """The walk's record (discover.Walked), with where it walked: with `only`, one file."""
+
+    def __init__(self, root: Path, only: str | None) -> None:
+        super().__init__()
+        self.root, self.only = root, only
+        self.touched = False  # whether any seen file's status may have changed
+
+    def restrict(
+        self, pending: list[PendingImage], catalog: Catalog, collection: int, force: bool
+    ) -> list[PendingImage]:
+        """The pending files this walk saw; a content whose file (the lowest id of its
+        twins) it did not see is fed through a twin it saw, if any."""
+        strays = [p for p in pending if not self.saw(p.image_id)]
+        if not strays:
+            return pending
+        usable = ("pending", "annotated", "failed") if force else ("pending", "annotated")
+        twins: dict[str, PendingImage] = {}
+        for rel, k in catalog.known_files(collection).items():  # new files have ids now
+            if k.sha256 and k.status in usable and self.saw(k.image_id):
+                path = image_path(str(self.root), rel)
+                twins.setdefault(
+                    k.sha256, PendingImage(k.image_id, path, rel, k.sha256, k.size, k.mtime_ns)
+                )
+        kept = [p for p in pending if self.saw(p.image_id)]
+        kept += [twins[p.sha256] for p in strays if p.sha256 in twins]
+        return sorted(kept, key=attrgetter("relpath"))
+
+    def failures(self, catalog: Catalog) -> list[tuple[str, str]]:
+        """This scan's unreadable files and folders: not another collection's, nor, for a
+        scan of one file, those of the other files of its collection."""
+        if self.only is not None:
+            path = image_path(str(self.root), self.only)
+            return [(p, r) for p, r in catalog.failures() if p == path]
+        prefix = str(self.root).rstrip(os.sep) + os.sep
+        return [
+            (p, r) for p, r in catalog.failures() if p.startswith(prefix) or p == str(self.root)
+        ]
+
+
+def _discover(walk: _Walk, collection, run_id, settings, catalog, summary) -> bool:
+    """Walk, compare with the catalog, hash what is new or changed, note what is gone;
+    return whether anything may need the model.
 
     An unchanged file costs one stat and no write: last_seen is only updated for
     files that are (re)recorded or come back after being missing.
     """
     with _gc_paused():  # tens of thousands of small tuples, none of them cyclic
         known = catalog.known_files(collection)
-        plan = discover.scan_folder(root, known, settings.scan.extensions)
-    summary.unchanged = len(plan.unchanged)
-    seen = set(plan.unchanged)
+        if walk.only is None:
+            plan = discover.scan_folder(walk.root, known, settings.scan.extensions)
+        else:
+            plan = discover.scan_file(walk.root, walk.only, known)
+    bad_files = [p for p in plan.problems if not p.is_dir]
+    walk.known, walk.unchanged = known, set(plan.unchanged)
+    walk.seen = len(plan.unchanged) + len(plan.to_hash) + len(bad_files)
+    seen = walk.others  # the known ones now, the new ones as they are recorded
     seen.update(known[f.relpath].image_id for f in plan.to_hash if f.relpath in known)
-    seen.update(known[p.relpath].image_id for p in plan.problems if p.relpath in known)
-    returned = [k.image_id for k in known.values() if k.status == "missing" and k.image_id in seen]
+    seen.update(known[p.relpath].image_id for p in bad_files if p.relpath in known)
+    returned = [
+        k.image_id for k in known.values() if k.status == "missing" and walk.saw(k.image_id)
+    ]
+    walk.touched = bool(returned or bad_files or plan.to_hash)
     if returned:
         catalog.touch_seen(run_id, returned)
     summary.problems = [(p.abspath, p.reason) for p in plan.problems if p.is_dir]
-    hidden = hidden_by(plan.unreadable_dirs)
-    gone = [
-        k.image_id
-        for rel, k in known.items()
-        if k.image_id not in seen and k.status != "missing" and not hidden(rel)
-    ]
-    if plan.problems and any(not p.is_dir for p in plan.problems):
-        problems = [
-            FileState(p.relpath, 0, 0, None, error=p.reason) for p in plan.problems if not p.is_dir
+    gone: list[int] = []
+    if walk.only is None:  # one file's scan says nothing of the others
+        hidden = hidden_by(plan.unreadable_dirs)
+        gone = [
+            k.image_id
+            for rel, k in known.items()
+            if not walk.saw(k.image_id) and k.status != "missing" and not hidden(rel)
         ]
-        catalog.record_files(collection, run_id, problems)
-    seen_new: set[str] = set()
+    if bad_files:
+        problems = [FileState(p.relpath, 0, 0, None, error=p.reason) for p in bad_files]
+        seen.update(catalog.record_files(collection, run_id, problems).values())
     states = discover.hash_files(plan.to_hash, workers=max(1, settings.scan.decode_workers))
     for chunk in _chunks_of(states, RECORD_CHUNK):  # committed as we go: a crash loses one chunk
-        shas = [s.sha256 for s in chunk if s.sha256]
-        already = catalog.annotated_contents(shas)
-        for sha in shas:  # a twin of an annotated content, or of another new file
-            if sha in already or sha in seen_new:
-                summary.duplicates += 1
-            seen_new.add(sha)
-        catalog.record_files(collection, run_id, chunk)
+        seen.update(catalog.record_files(collection, run_id, chunk).values())
     summary.missing = catalog.set_missing(gone) if gone else 0
-    # Could anything need the model? (Saves the pending query on an unchanged rescan.)
-    return bool(plan.to_hash) or any(k.status == "pending" for k in known.values())
+    if walk.only is None:
+        waiting = any(k.status == "pending" for k in known.values())
+    else:
+        waiting = getattr(known.get(walk.only), "status", None) == "pending"
+    return walk.touched or waiting
 
 
 @contextmanager
@@ -222,11 +323,13 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fresh_only) -> None:
+def _annotate(
+    pending, settings, catalog, factory, run_id, summary, progress, fresh_only, fed
+) -> None:
     annotator = factory.get()
     batch_size = settings.scan.batch_size or (32 if str(annotator.loaded.device) == "cuda" else 8)
     target = getattr(annotator, "input_size", None)
-    bar = _bar(len(pending), progress)
+    bar = _reporter(progress, len(pending))
     decode = _Decoder(settings.scan.max_pixels, target, settings.scan.decode_workers)
     stages = summary.stages
     try:
@@ -240,7 +343,6 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
             stages["decode_wait"] += time.perf_counter() - tick
             if fresh_only:  # another scan may have annotated some since the list was read
                 done = catalog.annotated_contents([item.sha256 for item in batch])
-                summary.duplicates += sum(item.sha256 in done for item in batch)
             else:
                 done = set()
             good, failures, meta, of_content = [], [], {}, []
@@ -268,7 +370,8 @@ def _annotate(pending, settings, catalog, factory, run_id, summary, progress, fr
             stored = catalog.add_annotations(run_id, annotations, meta=meta, only_new=fresh_only)
             stages["catalog"] += time.perf_counter() - tick
             summary.annotated += len(stored)
-            summary.duplicates += len(annotations) - len(stored)
+            annotated_ids = {image_id for image_id, _ in annotations}
+            fed.update(item.sha256 for item in batch if item.image_id in annotated_ids)
             bar.update(len(batch))
     finally:
         decode.close()
@@ -380,18 +483,10 @@ def _chunks_of(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc="annotating",
-        unit="img",
-        file=sys.stderr,
-        disable=not enabled,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+def _reporter(progress: bool | ProgressFactory, total: int) -> Progress:
+    if callable(progress):
+        return progress(total)
+    return open_progress(total) if progress else Silent()
 
 
 def _public(settings: Settings) -> dict[str, Any]:

@@ -80,6 +80,9 @@ def test_readme_quick_start_works_as_written(tmp_path, art_paths):
 
 
 def test_export_to_a_folder_that_is_not_there_is_one_line_error(tmp_path):
+    from artnote.catalog import open_catalog
+
+    open_catalog(tmp_path / "catalog.db").close()
     env = {"ARTNOTE_CATALOG": str(tmp_path / "catalog.db")}
     out = tmp_path / "no such folder" / "x.csv"
     result = CliRunner().invoke(app, ["export", "csv", "--out", str(out)], env=env)
