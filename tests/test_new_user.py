@@ -309,3 +309,25 @@ def test_corrections_are_cleaned_of_control_characters(tmp_path):
     cli("correct", tmp_path / "gogh.jpg", "--alt-text", "Night\x1b sky\x00.", "--catalog", db)
     rows = list(csv.DictReader(io.StringIO(cli("export", "csv", "--catalog", db).stdout)))
     assert {r["alt_text"] for r in rows} == {HOKUSAI_DRAFT, "Night sky."}
+
+
+def test_a_missing_service_skips_on_a_laptop_and_fails_under_ci(tmp_path):
+    """conftest.unavailable(): CI cannot hide a missing binary or service behind a skip."""
+    import os
+    import sys
+
+    repo_conftest = str(ROOT / "tests" / "conftest.py")
+    (tmp_path / "test_needs_server.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('repo_conftest', {repo_conftest!r})\n"
+        "repo = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(repo)\n\n\n"
+        "def test_needs_a_server():\n    repo.unavailable('no such server here')\n"
+    )
+    for ci, outcome in (("", "1 skipped"), ("true", "1 failed")):
+        env = {**os.environ, "CI": ci}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert outcome in proc.stdout, proc.stdout[-1500:]
+        assert "no such server here" in proc.stdout
