@@ -197,22 +197,21 @@ def test_second_writer_waits_for_the_first(tmp_path: Path) -> None:
     first, second = open_catalog(path), open_catalog(path)
     cid = first.ensure_collection(tmp_path)
     run = first.start_run({}, "m", None)
-    held = threading.Event()
+    held, released = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
         with first._write() as conn:  # a long write transaction
             conn.execute(text("UPDATE runs SET model = 'changed'"))
             held.set()
-            time.sleep(0.5)
+            time.sleep(0.5)  # time for the second writer to try, and wait
+            released.set()  # just before this transaction commits
 
     holder = threading.Thread(target=hold_lock)
     holder.start()
     held.wait()
-    started = time.perf_counter()
     second.record_files(cid, run, [FileState("a.jpg", 1, 1, SHA["a"])])
-    waited = time.perf_counter() - started
+    assert released.is_set()  # it waited for the first writer's commit, and did not fail
     holder.join()
-    assert waited > 0.3
     assert list(second.known_files(cid)) == ["a.jpg"]
     first.close()
     second.close()

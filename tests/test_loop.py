@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +67,6 @@ def test_the_loop_closes(cli, art_paths, tmp_path):
         "--by",
         "curator",
     )
-    start = time.monotonic()
     cli(
         "finetune",
         "--epochs",
@@ -81,7 +79,6 @@ def test_the_loop_closes(cli, art_paths, tmp_path):
         tmp_path / "ships",
         "--quiet",
     )
-    assert time.monotonic() - start < 180
     listed = json.loads(cli("adapters", "list", "--json").stdout)
     assert [a["name"] for a in listed] == ["ships"] and listed[0]["training_samples"] == 2
 

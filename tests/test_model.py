@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -248,12 +246,10 @@ def test_emotion_scoring_equals_brute_force(
             assert abs(float(fast[i, k]) - float(want)) < tolerance, (emotion, fast[i, k], want)
 
 
-def test_missing_model_offline_is_one_clear_error_fast(monkeypatch):
+def test_missing_model_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(ModelNotFoundError) as err:
         load_model(ModelSettings(name="museum-nobody/not-a-model", device="cpu"))
-    assert time.monotonic() - start < 5
     message = str(err.value)
     assert "museum-nobody/not-a-model" in message and "hf download" in message
     assert "\n" not in message

@@ -214,7 +214,6 @@ def test_missing_model_offline_exits_1_with_one_line(art_copy, tmp_path, offline
         env["HF_HUB_OFFLINE"] = offline
     else:  # no network here: make sure of it whatever the machine, with an unroutable endpoint
         env["HF_ENDPOINT"] = "https://hub.invalid"
-    start = time.monotonic()
     proc = subprocess.run(
         [
             sys.executable,
@@ -232,7 +231,6 @@ def test_missing_model_offline_exits_1_with_one_line(art_copy, tmp_path, offline
         env=env,
         timeout=60,
     )
-    assert time.monotonic() - start < 5
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "museum-nobody/missing" in lines[0] and "hf download" in lines[0]
