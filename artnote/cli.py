@@ -487,61 +487,10 @@ def catalog_check(
     raise typer.Exit(0 if report.ok else EXIT_ERROR)
 
 
-@models_app.command("tiny")
-def models_tiny(
-    out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write the model to.")],
-    family: Annotated[
-        str, typer.Option(metavar="llava|smolvlm", help="The architecture to build.")
-    ] = "smolvlm",
-    seed: Annotated[int, typer.Option(metavar="N", help="Seed for the random weights.")] = 0,
-    force: Annotated[
-        bool,
-        typer.Option(help="Write into DIR even if it holds something other than a tiny model."),
-    ] = False,
-) -> None:
-    """Write a tiny RANDOM-weight model of a real architecture, for smoke tests offline."""
-    from artnote.model.tiny import RANDOM_WEIGHTS_NOTE, build_tiny_model
+# The `models` group and `selftest`: artnote/cli_models.py.
+from artnote import cli_models  # noqa: E402  (its commands need app and models_app)
 
-    path = build_tiny_model(out, family, seed=seed, force=force)
-    typer.echo(f"wrote a tiny {family} model to {path}")
-    typer.echo(RANDOM_WEIGHTS_NOTE)
-
-
-@app.command()
-def selftest(
-    json_out: JsonOpt = False,
-    images: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="DIR", help="Folder of sample images (default: the paintings the tests carry)."
-        ),
-    ] = None,
-) -> None:
-    """Build tiny models of each family offline and check every stage end to end."""
-    from artnote.selftest import run_selftest
-
-    folder = images or _default_art_dir()
-    result = run_selftest(folder, progress=_err)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
-        for family, checks in result["families"].items():
-            for name, ok in checks.items():
-                typer.echo(f"{family:8} {name:22} {'ok' if ok is True else ok}")
-        typer.echo("all checks passed" if result["ok"] else "SOME CHECKS FAILED")
-    raise typer.Exit(0 if result["ok"] else EXIT_ERROR)
-
-
-def _default_art_dir() -> Path | None:
-    """$ARTNOTE_ART_DIR, else the paintings a checkout's tests carry, else ../shared/art."""
-    env = os.environ.get("ARTNOTE_ART_DIR")
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[1]
-    for candidate in (checkout / "tests" / "fixtures" / "art", checkout.parent / "shared" / "art"):
-        if candidate.is_dir():
-            return candidate
-    return None
+cli_models.register(app, models_app)
 
 
 def _load_plugins() -> None:

@@ -186,7 +186,8 @@ def test_version():
 COMMANDS = [
     ["scan"], ["export"], ["status"], ["search"], ["correct"], ["approve"],
     ["corrections", "import"], ["import", "artemis"], ["adapters", "list"],
-    ["catalog", "backup"], ["catalog", "check"], ["models", "tiny"], ["selftest"], ["finetune"],
+    ["catalog", "backup"], ["catalog", "check"], ["models", "tiny"], ["models", "convert-artgpt4"],
+    ["selftest"], ["finetune"],
 ]  # fmt: skip
 
 
