@@ -24,7 +24,7 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
 def models_tiny(
     out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write the model to.")],
     family: Annotated[
-        str, typer.Option(metavar="llava|smolvlm", help="The architecture to build.")
+        str, typer.Option(metavar="llava|smolvlm|artgpt4", help="The architecture to build.")
     ] = "smolvlm",
     seed: Annotated[int, typer.Option(metavar="N", help="Seed for the random weights.")] = 0,
     force: Annotated[

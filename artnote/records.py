@@ -14,7 +14,7 @@ class Provenance:
 
     model: str  # hub id or folder as given
     revision: str | None  # resolved commit hash when known
-    family: str  # llava | idefics3
+    family: str  # llava | idefics3 | artgpt4
     adapter: str | None  # adapter content hash, None for the base model
     adapter_name: str | None
     prompt_version: str  # version of the prompt set in artnote.model.prompts

@@ -34,11 +34,12 @@ def art_images(art_paths):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """{'llava': folder, 'smolvlm': folder}: tiny random models, built offline once."""
+    """{'llava': folder, 'smolvlm': folder, 'artgpt4': folder}: tiny random models, built
+    offline once."""
     from artnote.model.tiny import build_tiny_model
 
     base = tmp_path_factory.mktemp("tiny")
-    return {f: build_tiny_model(base / f, f) for f in ("llava", "smolvlm")}
+    return {f: build_tiny_model(base / f, f) for f in ("llava", "smolvlm", "artgpt4")}
 
 
 @pytest.fixture(scope="session")

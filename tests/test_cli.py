@@ -25,7 +25,7 @@ def test_selftest_json_reports_every_family_all_true(art_paths):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ok"] is True
-    assert set(report["families"]) == {"llava", "smolvlm"}
+    assert set(report["families"]) == {"llava", "smolvlm", "artgpt4"}
     for checks in report["families"].values():
         assert checks and all(v is True for v in checks.values()), checks
         assert {

@@ -29,32 +29,25 @@ class Objective:
         self.tokenizer = loaded.processor.tokenizer
         self.lm = language_model(self.model)
         self.head = self.model.get_output_embeddings()
-        self.image_token_id = inputs.image_token_id(self.model, self.processor)
-        self.prefix = inputs.field_parts(self.processor, "alt_text").prefix
+        # The scanner's own prompt format: the same pieces, tokenized the same way.
+        self.format = fmt = inputs.prompt_format(self.model, self.processor, loaded.family)
+        self.prefix = fmt.parts("alt_text").prefix
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.end_id = answer_end_id(self.tokenizer)
-        emotion = inputs.field_parts(self.processor, "emotion")
-        self.emotion_suffix = inputs.suffix_ids(self.tokenizer, emotion)
-        context = emotion.prefix + emotion.suffix
-        self.label_ids = [
-            inputs.continuation_ids(self.tokenizer, context, " " + prompts.label_text(e))
-            for e in EMOTIONS
-        ]
+        emotion = fmt.parts("emotion")
+        self.emotion_suffix = fmt.suffix_ids(emotion)
+        self.label_ids = [fmt.answer_ids(emotion, prompts.label_text(e)) for e in EMOTIONS]
         self._cache: dict[int, Any] = {}
 
     def answer_ids(self, sample: Sample) -> tuple[list[int], list[int]]:
-        """(suffix ids, answer ids + end) for a text sample."""
-        parts = inputs.field_parts(self.processor, sample.field, sample.dominant or None)
+        """(suffix ids, answer ids + end) for a text sample; the end is the format's
+        (end of turn, or MiniGPT-4's `###`)."""
+        parts = self.format.parts(sample.field, sample.dominant or None)
         answer = sample.text.strip()
         if sample.field == "explanation":
             lead = prompts.answer_lead("explanation", sample.dominant)
             if answer.startswith(lead):
                 answer = answer[len(lead) :].strip()
-        suffix = inputs.suffix_ids(self.tokenizer, parts)
-        context = parts.prefix + parts.suffix
-        return suffix, inputs.continuation_ids(self.tokenizer, context, " " + answer) + [
-            self.end_id
-        ]
+        return self.format.suffix_ids(parts), self.format.target_ids(parts, answer)
 
     def loss(
         self, samples: list[Sample], images: list[Any]
@@ -80,7 +73,7 @@ class Objective:
         """The processor's output for one image's prefix, computed once per image."""
         key = id(image)
         if key not in self._cache:
-            enc = inputs.encode_prefix(self.processor, self.prefix, [image])
+            enc = self.format.encode_prefix(self.prefix, [image])
             self._cache[key] = (image, enc)  # keep the image alive so its id stays unique
         return self._cache[key][1]
 
@@ -92,14 +85,14 @@ class Objective:
         rows = []
         for image in images:
             enc = self._encoded(image)
-            pixels = {k: v.to(device) for k, v in inputs.pixel_inputs(enc).items()}
+            pixels = {k: v.to(device) for k, v in enc.pixels.items()}
             pixels = {
                 k: v.to(vision_dtype) if v.is_floating_point() else v for k, v in pixels.items()
             }
             features = inner.get_image_features(**pixels, return_dict=True).pooler_output
             features = [f.reshape(-1, f.shape[-1]) for f in features]
-            ids = enc["input_ids"].to(device)
-            rows.append(inputs.embed_with_images(self.model, ids, self.image_token_id, features)[0])
+            ids = enc.input_ids.to(device)
+            rows.append(inputs.embed_with_images(self.model, ids, enc.image_mask, features)[0])
         width = max(r.shape[0] for r in rows)
         embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
@@ -173,11 +166,3 @@ class Objective:
         target = torch.tensor([s.emotions for s in samples], device=self.loaded.device)
         scores = self.emotion_scores(images)
         return -(target * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
-
-
-def answer_end_id(tokenizer: Any) -> int:
-    """The token a finished answer ends with: end of turn where the model has one."""
-    token_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
-    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-        return token_id
-    return int(tokenizer.eos_token_id)

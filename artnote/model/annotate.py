@@ -12,7 +12,7 @@ For a batch of B images:
      are decoded together, one token per field and step; finished fields and
      finished images leave the batch.
 Fields and labels are branches of the prefix packed side by side in the image's
-own row (`_Tree`): a 4-D attention mask lets each branch see only the prefix,
+own row (`branches.Tree`): a 4-D attention mask lets each branch see only the prefix,
 its ancestors and itself, and positions are counted along the branch, so the
 prefix's KV cache is never copied per field or label. Left padding and dead
 slots are seen by no token, so they do not change any result.
@@ -31,6 +31,7 @@ from artnote.config import GenerationSettings, Settings
 from artnote.emotions import EMOTIONS
 from artnote.errors import ModelError
 from artnote.model import inputs, prompts
+from artnote.model.branches import DEAD, PREFIX, Tree, attention_kernels, kv_pairs
 from artnote.model.encoder import ImageEncoder, make_encoder
 from artnote.model.families import language_model
 from artnote.model.load import LoadedModel
@@ -63,31 +64,24 @@ class Annotator:
         self.lm = language_model(self.model)
         self.head = self.model.get_output_embeddings()
         self.embed = self.lm.get_input_embeddings()
-        self.image_token_id = inputs.image_token_id(self.model, loaded.processor)
+        self.format = fmt = inputs.prompt_format(self.model, loaded.processor, loaded.family)
+        self.image_token_id = fmt.image_token_id
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
-        proc = loaded.processor
-        self.prefix = inputs.field_parts(proc, "alt_text").prefix
+        self.prefix = fmt.parts("alt_text").prefix
         self.suffixes: dict[str, list[int]] = {}
         for field in ("alt_text", "description", "emotion"):
-            parts = inputs.field_parts(proc, field)
+            parts = fmt.parts(field)
             if parts.prefix != self.prefix:
                 raise ModelError(
                     "the chat template puts text before the image; cannot share a prefix"
                 )
-            self.suffixes[field] = inputs.suffix_ids(self.tokenizer, parts)
-        self.explain_suffix = {
-            e: inputs.suffix_ids(self.tokenizer, inputs.field_parts(proc, "explanation", e))
-            for e in EMOTIONS
-        }
-        emotion_parts = inputs.field_parts(proc, "emotion")
-        context = emotion_parts.prefix + emotion_parts.suffix
-        self.label_ids = [
-            inputs.continuation_ids(self.tokenizer, context, " " + prompts.label_text(e))
-            for e in EMOTIONS
-        ]
+            self.suffixes[field] = fmt.suffix_ids(parts)
+        self.explain_suffix = {e: fmt.suffix_ids(fmt.parts("explanation", e)) for e in EMOTIONS}
+        emotion_parts = fmt.parts("emotion")
+        self.label_ids = [fmt.answer_ids(emotion_parts, prompts.label_text(e)) for e in EMOTIONS]
         self.stats: dict[str, float] = defaultdict(float)  # seconds per stage, for benchmarks
         self.counts: dict[str, int] = defaultdict(int)  # tokens processed, for roofline bounds
 
@@ -146,14 +140,14 @@ class Annotator:
 
     def _prefill(self, images: list[Any]):
         t0 = time.perf_counter()
-        enc = inputs.encode_prefix(self.loaded.processor, self.prefix, images)
+        enc = self.format.encode_prefix(self.prefix, images)
         t1 = time.perf_counter()
-        features = self.encoder.encode(inputs.pixel_inputs(enc))
+        features = self.encoder.encode(enc.pixels)
         t2 = time.perf_counter()
         device = self.loaded.device
-        ids = enc["input_ids"].to(device)
-        mask = enc["attention_mask"].to(device)
-        embeds = inputs.embed_with_images(self.model, ids, self.image_token_id, features)
+        ids = enc.input_ids.to(device)
+        mask = enc.attention_mask.to(device)
+        embeds = inputs.embed_with_images(self.model, ids, enc.image_mask, features)
         self.counts["prefix_tokens"] += int(mask.sum())
         self.counts["image_tokens"] += sum(int(f.shape[0]) for f in features)
         from transformers import DynamicCache
@@ -164,7 +158,7 @@ class Annotator:
         self.stats["preprocess"] += t1 - t0
         self.stats["encode"] += t2 - t1
         self.stats["prefill"] += t3 - t2
-        return _kv(cache), mask
+        return kv_pairs(cache), mask
 
     def _score_emotions(self, kv, mask):
         import torch
@@ -174,8 +168,8 @@ class Annotator:
         device = mask.device
         longest = max(len(ids) for ids in self.label_ids)
         room = len(self.suffixes["emotion"]) + len(EMOTIONS) * longest
-        tree = _Tree(self, kv, mask, room)
-        question = tree.new_branch(parent=_PREFIX)
+        tree = Tree(self, kv, mask, room)
+        question = tree.new_branch(parent=PREFIX)
         ids = torch.tensor([self.suffixes["emotion"]] * rows, device=device)
         hidden = tree.extend(ids, question)
         first = torch.log_softmax(self.head(hidden[:, -1]).float(), dim=-1)
@@ -223,10 +217,10 @@ class Annotator:
             for e in dominant
         ]
         width = max(sum(map(len, row)) for row in rows_suffixes)
-        tree = _Tree(self, kv, mask, room=width + n * max(budget.values()))
-        branches = [tree.new_branch(parent=_PREFIX) for _ in GEN_FIELDS]
+        tree = Tree(self, kv, mask, room=width + n * max(budget.values()))
+        branches = [tree.new_branch(parent=PREFIX) for _ in GEN_FIELDS]
         feed = torch.full((len(dominant), width), self.pad_id, device=device)
-        owner = torch.full_like(feed, _DEAD)
+        owner = torch.full_like(feed, DEAD)
         pos = torch.zeros_like(feed)
         last = torch.zeros((len(dominant), n), dtype=torch.long, device=device)
         for r, row in enumerate(rows_suffixes):
@@ -237,16 +231,17 @@ class Annotator:
                 pos[r, at : at + len(ids)] = torch.arange(len(ids))
                 at += len(ids)
                 last[r, j] = at - 1
-        hidden = tree.forward(feed, owner, tree.after[_PREFIX][:, None] + pos)
+        hidden = tree.forward(feed, owner, tree.after[PREFIX][:, None] + pos)
         hidden = hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = self.head(hidden).float()  # (rows, fields, vocab)
-        next_pos = tree.after[_PREFIX][:, None] + pos.gather(1, last) + 1  # per row and field
+        next_pos = tree.after[PREFIX][:, None] + pos.gather(1, last) + 1  # per row and field
         limit = torch.tensor([budget[f] for f in GEN_FIELDS], device=device)
         index = torch.arange(len(dominant), device=device)  # batch row -> image
         live = torch.ones((len(dominant), n), dtype=torch.bool, device=device)
         cols = list(range(n))  # fields still generating in some row
         generated: list[list[list[int]]] = [[[] for _ in GEN_FIELDS] for _ in dominant]
         eos = torch.tensor(sorted(self.eos_ids), device=device)
+        stop = _StopTexts(self.tokenizer, self.format.stop_texts)
         step = 0
         while True:
             if step < self.gen.min_new_tokens and len(eos):
@@ -254,11 +249,17 @@ class Annotator:
             token = sampler(logits, index.tolist(), cols)
             step += 1
             wanted = live[:, cols]
+            stopped = []  # per row and column: the field's text reached a stop text
             for r, toks, keep in zip(index.tolist(), token.tolist(), wanted.tolist(), strict=True):
-                for j, t, k in zip(cols, toks, keep, strict=True):
-                    if k and t not in self.eos_ids:
+                stopped.append([False] * len(cols))
+                for k, (j, t, on) in enumerate(zip(cols, toks, keep, strict=True)):
+                    if on and t not in self.eos_ids:
                         generated[r][j].append(t)
-            live[:, cols] = wanted & ~(torch.isin(token, eos) | (step >= limit[cols]))
+                        stopped[-1][k] = stop.reached(generated[r][j])
+            done = torch.isin(token, eos) | (step >= limit[cols])
+            if stop.texts:  # one copy to the device per step, only for formats that stop so
+                done |= torch.tensor(stopped, device=device)
+            live[:, cols] = wanted & ~done
             if not bool(live.any()):
                 break
             going = live.any(dim=1)
@@ -271,14 +272,14 @@ class Annotator:
                 token = token[:, [cols.index(c) for c in still]]
                 cols = still
             owner = torch.tensor([branches[c] for c in cols], device=device).expand_as(token)
-            owner = torch.where(live[:, cols], owner, _DEAD)
+            owner = torch.where(live[:, cols], owner, DEAD)
             hidden = tree.forward(token, owner, next_pos[:, cols])
             next_pos[:, cols] += 1
             logits = self.head(hidden).float()
         self.stats["generate"] += time.perf_counter() - t0
         return [
             {
-                f: self.tokenizer.decode(generated[i][j], skip_special_tokens=True)
+                f: self.format.cut(self.tokenizer.decode(generated[i][j], skip_special_tokens=True))
                 for j, f in enumerate(GEN_FIELDS)
             }
             for i in range(len(dominant))
@@ -286,7 +287,7 @@ class Annotator:
 
     def _forward(self, embeds, mask, cache):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
-        with _attention_kernels():
+        with attention_kernels():
             out = self.lm(
                 inputs_embeds=embeds,
                 attention_mask=mask,
@@ -347,90 +348,24 @@ def load_annotator(
     )
 
 
-_PREFIX, _DEAD = 0, -1  # cache owners: the image prefix, and padding (seen by nobody)
+class _StopTexts:
+    """Whether a field's tokens end in one of the format's stop texts (MiniGPT-4's `###`).
 
-
-class _Tree:
-    """Branches of each row's prefix, packed side by side in the row's own KV cache.
-
-    Every cached token has an owner: the prefix (0), a branch (1, 2, ...) or
-    nobody (_DEAD: padding). A token sees, causally, the tokens of its own
-    branch and of the branch's ancestors, at positions counted along that path;
-    so each branch computes what it would alone after the prefix, while the
-    prefix's cache exists once per image instead of once per field or label.
+    A stop text may be one token or several ('##' + '#'), so the tail of the field's
+    text is decoded, not its last id compared: the few last tokens are enough.
     """
 
-    def __init__(self, annotator: Annotator, kv, mask, room: int) -> None:
-        import torch
+    TAIL = 8
 
-        self.annotator = annotator
-        self.cache = _growing_cache(kv, room)  # a copy: the root is never changed
-        self.owner = torch.where(mask.bool(), _PREFIX, _DEAD)
-        self.parents: list[int | None] = [None]
-        self._table = None
-        self.after = {_PREFIX: mask.sum(dim=-1)}  # branch -> position after its last token
+    def __init__(self, tokenizer: Any, texts: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.texts = texts
 
-    def new_branch(self, parent: int) -> int:
-        self.parents.append(parent)
-        self._table = None
-        return len(self.parents) - 1
-
-    def _sees(self, device):
-        """table[a, b]: may a token of branch a see one of branch b (row/column -1: _DEAD)?
-
-        Made once per set of branches, not at every decoding step."""
-        import torch
-
-        if self._table is None:
-            count = len(self.parents)
-            table = torch.zeros((count + 1, count + 1), dtype=torch.bool)
-            for b in range(count):
-                a: int | None = b
-                while a is not None:
-                    table[b, a] = True
-                    a = self.parents[a]
-            table[_DEAD, _PREFIX] = True  # padding queries need something to attend to
-            self._table = table.to(device)
-        return self._table
-
-    def extend(self, ids, branch: int):
-        """Feed ids (rows, q), all of `branch`, right after its parent; their hidden states."""
-        import torch
-
-        start = self.after[self.parents[branch]]
-        positions = start[:, None] + torch.arange(ids.shape[1], device=ids.device)
-        self.after[branch] = start + ids.shape[1]
-        return self.forward(ids, torch.full_like(ids, branch), positions)
-
-    def forward(self, ids, owner, positions):
-        """Feed ids with their owners and positions (all (rows, q)); their hidden states."""
-        import torch
-
-        self.owner = torch.cat([self.owner, owner], dim=1)
-        q, kv = owner.shape[1], self.owner.shape[1]
-        visible = self._sees(owner.device)[owner[:, :, None], self.owner[:, None, :]]
-        key = torch.arange(kv, device=owner.device)
-        query = torch.arange(kv - q, kv, device=owner.device)
-        allowed = visible & (key[None, :] <= query[:, None])
-        dtype = self.annotator.loaded.dtype
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=owner.device)
-        bias.masked_fill_(~allowed, torch.finfo(dtype).min)
-        with _attention_kernels():
-            out = self.annotator.lm(
-                inputs_embeds=self.annotator.embed(ids),
-                attention_mask=bias[:, None],
-                position_ids=positions,
-                cache=self.cache,
-                use_cache=True,
-            )
-        return out.last_hidden_state
-
-    def select(self, rows) -> None:
-        """Keep only these rows (images whose fields are all done leave the batch)."""
-        left = self.cache.layers[0].room_left() if self.cache.layers else 0
-        self.cache = _growing_cache([(k[rows], v[rows]) for k, v in _kv(self.cache)], left)
-        self.owner = self.owner[rows]
-        self.after = {b: a[rows] for b, a in self.after.items()}
+    def reached(self, ids: list[int]) -> bool:
+        if not self.texts:
+            return False
+        tail = self.tokenizer.decode(ids[-self.TAIL :], skip_special_tokens=True)
+        return any(t in tail for t in self.texts)
 
 
 class _Sampler:
@@ -479,70 +414,6 @@ class _Sampler:
         pick = torch.searchsorted(cumulative, target, right=True)
         pick = pick.clamp(max=cumulative.shape[-1] - 1)
         return order.gather(-1, pick).squeeze(-1)
-
-
-def _attention_kernels():
-    """torch's attention kernels for the language model's forwards: any but cuDNN's.
-
-    cuDNN's attention (torch's first choice for a masked bf16 attention on Hopper)
-    builds a plan for every new shape, and every decoding step has a new cache
-    length: on an H200 with the LLaVA-7B shape, the first pass over a batch spent
-    0.1-0.2 s per step building plans, several times the step itself. The
-    memory-efficient kernel takes the same mask with no per-shape cost.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(
-        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    )
-
-
-def _kv(cache) -> list[tuple[Any, Any]]:
-    return [(k, v) for k, v, *_ in cache]
-
-
-def _growing_cache(kv: list[tuple[Any, Any]], room: int):
-    """A copy of kv with room for `room` more tokens per row, appended in place.
-
-    DynamicCache appends with torch.cat, copying the whole cache at every step:
-    with a 1,100-token image prefix that copy was two thirds of decoding time.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        def __init__(self, keys, values) -> None:
-            super().__init__()
-            self.device = keys.device
-            self.length = 0
-            self._k = keys.new_empty((*keys.shape[:2], keys.shape[2] + room, keys.shape[3]))
-            self._v = values.new_empty((*values.shape[:2], values.shape[2] + room, values.shape[3]))
-            self.is_initialized = True
-            self.update(keys, values)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            start, end = self.length, self.length + key_states.shape[-2]
-            if end > self._k.shape[-2]:  # more than was reserved: grow, amortised
-                self._k = _grown(self._k, start, 2 * end)
-                self._v = _grown(self._v, start, 2 * end)
-            self._k[:, :, start:end] = key_states
-            self._v[:, :, start:end] = value_states
-            self.length = end
-            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-            return self.keys, self.values
-
-        def room_left(self) -> int:
-            return self._k.shape[-2] - self.length
-
-    cache = DynamicCache()
-    cache.layers = [GrowingLayer(k, v) for k, v in kv]
-    return cache
-
-
-def _grown(buffer, used: int, size: int):
-    out = buffer.new_empty((*buffer.shape[:2], size, buffer.shape[3]))
-    out[:, :, :used] = buffer[:, :, :used]
-    return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -29,7 +29,6 @@ with one warning. "full" always runs the float32 (CPU) or float16 (CUDA) file.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -46,7 +45,9 @@ from typing import Any, Protocol
 
 from artnote import __version__
 from artnote.errors import ArtnoteError, ConfigError, ModelError
-from artnote.model.families import inner_model, projector, vision_tower
+from artnote.model.encoder_paths import encoder_extra, encoder_path
+from artnote.model.encoder_paths import encoder_modules as _encoder_modules
+from artnote.model.families import inner_model
 from artnote.model.int8 import ensure_int8
 from artnote.model.load import LoadedModel
 
@@ -156,6 +157,7 @@ class OnnxEncoder:
         size = inner_model(loaded.model).config.vision_config.image_size
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self._params = [p for m in _encoder_modules(loaded) for p in m.parameters()]
+        self._params += [p for m in encoder_extra(loaded) for p in _parameters(m)]
         self._versions = [p._version for p in self._params]
         self._warned = False
         self._open(encoder_fingerprint(loaded))
@@ -201,7 +203,7 @@ class OnnxEncoder:
         if tuple(pixels.shape[-2:]) != self.size:
             return self._torch_batch(pixel_inputs, f"images of {tuple(pixels.shape[-2:])} pixels")
         with torch.inference_mode():
-            if self.loaded.family.name == "llava":
+            if not self.loaded.family.tiled:  # one whole image per row (llava, artgpt4)
                 return [f.reshape(-1, f.shape[-1]) for f in self._run(pixels)]
             # Mirror Idefics3Model.get_image_features: cast to the tower's dtype, then drop
             # the all-zero padding tiles; each image keeps its real tiles, in order.
@@ -293,7 +295,7 @@ class OnnxEncoder:
         import torch
 
         tile = torch.rand((1, 3, *self.size), generator=torch.Generator().manual_seed(0)) * 2 - 1
-        if self.loaded.family.name == "llava":
+        if not self.loaded.family.tiled:
             pixel_inputs = {"pixel_values": tile}
         else:
             mask = torch.ones((1, 1, *self.size), dtype=torch.long)
@@ -330,6 +332,9 @@ def encoder_fingerprint(loaded: LoadedModel) -> str:
     keys = ("scale_factor", "vision_feature_layer", "vision_feature_select_strategy",
             "projector_hidden_act", "multimodal_projector_bias")  # fmt: skip
     described = {"vision": config.vision_config.to_dict()}
+    if getattr(config, "qformer_config", None) is not None:  # BLIP-2: the Q-Former's shape
+        described["qformer"] = config.qformer_config.to_dict()
+        described["num_query_tokens"] = config.num_query_tokens
     described.update({k: getattr(config, k, None) for k in keys})
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     vision, proj = _encoder_modules(loaded)
@@ -337,6 +342,8 @@ def encoder_fingerprint(loaded: LoadedModel) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(_tensor_bytes(tensor.detach().reshape(-1)))
     tensors = sorted(vision.state_dict().items())
+    for i, extra in enumerate(encoder_extra(loaded)):  # the Q-Former and its queries
+        tensors += sorted((f"extra{i}.{n}", t) for n, t in _state(extra).items())
     sample = [t.detach().reshape(-1)[:16].float() for _, t in tensors if t.is_floating_point()]
     if sample:
         digest.update(_tensor_bytes(torch.cat(sample)))  # one copy to the host, not hundreds
@@ -436,7 +443,7 @@ def export_onnx(
     """Export vision tower + projector with a dynamic first axis (images or tiles)."""
     import torch
 
-    module = _encoder_path(loaded, dtype)
+    module = encoder_path(loaded, dtype)
     example = torch.rand((2, 3, *size), dtype=dtype) * 2 - 1  # 2: a size-1 axis would be fixed
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     modes = [(m, m.training) for m in module.modules()]
@@ -464,67 +471,6 @@ def export_onnx(
         onnx_logger.setLevel(level)
         for m, training in modes:
             m.training = training
-
-
-def _encoder_path(loaded: LoadedModel, dtype: Any) -> Any:
-    """A module computing what get_image_features returns, batched over images or tiles."""
-    import torch
-    from torch import nn
-
-    config = inner_model(loaded.model).config
-    vision, proj = _encoder_modules(loaded)
-    if loaded.device.type != "cpu" or next(vision.parameters()).dtype != dtype:
-        vision, proj = _cpu_copy(vision, dtype), _cpu_copy(proj, dtype)
-
-    if loaded.family.name == "llava":
-        # Written out (LlavaModel.get_image_features) because its per-image list would fix
-        # the batch size in the graph.
-        layer = config.vision_feature_layer
-        layers = [layer] if isinstance(layer, int) else list(layer)
-        crop = 1 if config.vision_feature_select_strategy == "default" else 0  # the CLS token
-
-        class LlavaPath(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.vision, self.proj = vision, proj
-
-            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-                states = self.vision(pixel_values, output_hidden_states=True).hidden_states
-                return self.proj(torch.cat([states[i][:, crop:] for i in layers], dim=-1))
-
-        return LlavaPath()
-
-    patch = config.vision_config.patch_size
-
-    class Idefics3Path(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.vision, self.proj = vision, proj
-
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            n, _, h, w = pixel_values.shape
-            whole = torch.ones(
-                (n, h // patch, w // patch), dtype=torch.bool, device=pixel_values.device
-            )
-            hidden = self.vision.embeddings(pixel_values=pixel_values, patch_attention_mask=whole)
-            # Idefics3VisionTransformer.forward with no attention mask: all patches of a
-            # whole tile see each other, as with the all-true mask, without masking ops.
-            hidden = self.vision.encoder(inputs_embeds=hidden, attention_mask=None)
-            return self.proj(self.vision.post_layernorm(hidden.last_hidden_state))
-
-    return Idefics3Path()
-
-
-def _cpu_copy(module: Any, dtype: Any) -> Any:
-    """Copy a module to the CPU in `dtype` without first duplicating it on the GPU."""
-    import torch
-
-    memo: dict[int, Any] = {}
-    for t in [*module.parameters(), *module.buffers()]:
-        clone = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
-        is_param = isinstance(t, torch.nn.Parameter)
-        memo[id(t)] = torch.nn.Parameter(clone, requires_grad=False) if is_param else clone
-    return copy.deepcopy(module, memo)
 
 
 # ---- runtime ------------------------------------------------------------------
@@ -575,9 +521,13 @@ def _check_supported(loaded: LoadedModel) -> None:
             raise OnnxUnavailable(f"vision tower {tower!r} is not exported (only {LLAVA_TOWERS})")
 
 
-def _encoder_modules(loaded: LoadedModel) -> tuple[Any, Any]:
-    """(vision tower, projector or connector): the path that is exported."""
-    return vision_tower(loaded.model, loaded.family), projector(loaded.model, loaded.family)
+def _parameters(part: Any) -> list[Any]:
+    """A module's parameters, or a lone parameter (BLIP-2's query_tokens) as a list."""
+    return list(part.parameters()) if hasattr(part, "parameters") else [part]
+
+
+def _state(part: Any) -> dict[str, Any]:
+    return part.state_dict() if hasattr(part, "state_dict") else {"": part.detach()}
 
 
 def _tensor_bytes(tensor: Any) -> bytes:

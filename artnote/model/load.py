@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from artnote.config import ModelSettings
 from artnote.errors import ModelError, ModelNotFoundError
-from artnote.model.families import Family, family_for
+from artnote.model.families import Family, family_of_config
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             f"the weights of model {name!r} are unreadable (incomplete copy?): "
             f"{_first_line(exc)}; copy or download them again"
         ) from exc
-    family = family_for(model.config.model_type)
+    family = family_of_config(model.config)
     if quantization is None:
         try:
             model.to(device)
@@ -168,6 +168,8 @@ QUANTIZATION_SKIP = [
     "vision_model",
     "multi_modal_projector",
     "connector",
+    "qformer",  # BLIP-2 (artgpt4): Q-Former and projection are the encoder path too
+    "language_projection",
     "lm_head",
 ]
 

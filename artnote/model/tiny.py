@@ -15,13 +15,13 @@ from artnote.emotions import EMOTIONS
 from artnote.errors import ArtnoteError, ConfigError
 from artnote.model import prompts
 
-TINY_FAMILIES = ("llava", "smolvlm")
+TINY_FAMILIES = ("llava", "smolvlm", "artgpt4")
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: built by `artnote models tiny` for tests; its text is meaningless."
 )
 
 # The chat templates follow the real checkpoints' (llava-1.5, SmolVLM) so the
-# prompt path is the same.
+# prompt path is the same. artgpt4 has none: artnote builds MiniGPT-4's prompt itself.
 LLAVA_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}"
     "{{ message['role'].upper() + ': '}}{% endif %}"
@@ -121,8 +121,10 @@ IDEFICS3_SPECIAL = [
 ] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 
-def train_tokenizer(special: list[str]):
-    """A small byte-level BPE tokenizer trained on the spot (no download), left padding."""
+def train_tokenizer(special: list[str], extra: tuple[str, ...] = ()):
+    """A small byte-level BPE tokenizer trained on the spot (no download), left padding.
+
+    extra: more training text (a family's prompt words, so they become tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -132,6 +134,7 @@ def train_tokenizer(special: list[str]):
     tok.decoder = decoders.ByteLevel()
     corpus = _CORPUS + [prompts.question(f, "awe") for f in prompts.FIELDS]
     corpus += [prompts.answer_lead("explanation", e) for e in EMOTIONS]
+    corpus += list(extra)
     trainer = trainers.BpeTrainer(
         vocab_size=600,
         special_tokens=base_special + special,
@@ -200,6 +203,27 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
         "longest_edge": 64,
         "tile": 32,
     },
+    # MiniGPT-4 / ArtGPT-4 as BLIP-2 + Llama: the real one has a ViT-g, a 12-layer Q-Former
+    # with 32 queries and a 7B/13B Vicuna; 8 queries here keep the prefix short.
+    "artgpt4": {
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "qformer": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "cross_attention_frequency": 1,
+        },
+        "num_query_tokens": 8,
+        "text": _TINY_TEXT,
+    },
 }
 
 
@@ -238,6 +262,8 @@ def config_and_processor(family: str, tokenizer, shape: dict[str, Any]):
             chat_template=LLAVA_TEMPLATE,
         )
         return config, processor
+    if family == "artgpt4":
+        return _blip2_config_and_processor(tokenizer, shape, text)
     from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
 
     config = Idefics3Config(
@@ -261,7 +287,40 @@ def config_and_processor(family: str, tokenizer, shape: dict[str, Any]):
     return config, processor
 
 
+def _blip2_config_and_processor(tokenizer, shape: dict[str, Any], text: dict[str, Any]):
+    """The layout artnote.model.convert_artgpt4 writes: BLIP-2 with a Llama text model,
+    Blip2Processor with a BLIP image processor (fixed square input) and the tokenizer."""
+    from transformers import Blip2Config, Blip2Processor
+
+    try:  # the PIL image processor: the default one needs torchvision
+        from transformers import BlipImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import BlipImageProcessor as ImageProcessor
+
+    vision = shape["vision"]
+    size = vision["image_size"]
+    processor = Blip2Processor(
+        image_processor=ImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        num_query_tokens=shape["num_query_tokens"],
+    )
+    config = Blip2Config(
+        vision_config=vision,
+        qformer_config={**shape["qformer"], "encoder_hidden_size": vision["hidden_size"]},
+        text_config={**text, "vocab_size": len(tokenizer)},  # the processor may add <image>
+        num_query_tokens=shape["num_query_tokens"],
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    return config, processor
+
+
+# MiniGPT-4's prompt words, so that the tiny tokenizer has tokens for '###' and the roles.
+MINIGPT4_CORPUS = ("###Human: <Img></Img> ###Assistant: ###", "###", "###Human:", "###Assistant:")
+
+
 def family_tokenizer(family: str):
+    if family == "artgpt4":
+        return train_tokenizer(["<image>"], extra=MINIGPT4_CORPUS)
     return train_tokenizer(["<image>"] if family == "llava" else IDEFICS3_SPECIAL)
 
 
