@@ -404,3 +404,89 @@ def test_unknown_checkpoint_keys_are_listed_and_warned_about(sources, tmp_path):
     )
     assert report.unknown_keys == [odd] and odd not in report.converted
     assert any(odd in line and line.startswith("warning:") for line in lines)
+
+
+def test_converted_logits_equal_minigpt4_forward_from_the_checkpoint(sources, tmp_path):
+    """The converted model and adapter, loaded and run by artnote, give the logits of
+    MiniGPT-4's forward written here from the released checkpoint's own tensors: ViT ->
+    Q-Former -> llama_proj, spliced at <ImageHere> between two separately tokenized
+    pieces; per layer h = x + attn(norm1(x)); h = h + up(gelu(down(h))); out = h +
+    mlp(norm2(h)), with the checkpoint's adapters and norms (float32, 1e-4)."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from artnote.config import ModelSettings
+    from artnote.model import inputs
+    from artnote.model.adapters import load_adapter
+    from artnote.model.encoder import TorchEncoder
+    from artnote.model.families import language_model
+    from artnote.model.load import load_model
+
+    released = released_layout()
+    out = tmp_path / "out"
+    convert_artgpt4(
+        save(released, tmp_path / "ArtGPT-4.pth"), sources / "llm", sources / "blip2", out,
+        progress=lambda _: None,
+    )  # fmt: skip
+    loaded = load_model(ModelSettings(name=str(out / "model"), device="cpu", dtype="float32"))
+    load_adapter(loaded.model, out / "adapter", family=loaded.family, base_model=loaded.name)
+    fmt = inputs.prompt_format(loaded.model, loaded.processor, loaded.family)
+    parts = fmt.parts("alt_text")
+    image = Image.new("RGB", (48, 40), (200, 120, 40))
+    with torch.no_grad():  # artnote's path
+        enc = fmt.encode_prefix(parts.prefix, [image])
+        features = TorchEncoder(loaded).encode(enc.pixels)
+        prefix = inputs.embed_with_images(loaded.model, enc.input_ids, enc.image_mask, features)
+        lm = language_model(loaded.model)
+        suffix = lm.get_input_embeddings()(torch.tensor([fmt.suffix_ids(parts)]))
+        got = loaded.model.get_output_embeddings()(
+            lm(inputs_embeds=torch.cat([prefix, suffix], dim=1)).last_hidden_state
+        )
+
+    # The reference: frozen parts from the source folders, trained parts from the .pth.
+    from transformers import Blip2ForConditionalGeneration, LlamaForCausalLM
+
+    blip2 = Blip2ForConditionalGeneration.from_pretrained(sources / "blip2").eval()
+    llama = LlamaForCausalLM.from_pretrained(sources / "llm").eval()
+    ckpt = released["model"]
+    tokenizer = loaded.processor.tokenizer
+    question = parts.suffix.split("</Img> ")[1].split(" ###Assistant: ")[0]
+    before, after = f"###Human: <Img><ImageHere></Img> {question} ###Assistant: ".split(
+        "<ImageHere>"
+    )
+
+    def norm(x, weight, eps=llama.config.rms_norm_eps):
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    with torch.no_grad():
+        pixels = enc.pixels["pixel_values"]
+        patches = blip2.vision_model(pixel_values=pixels).last_hidden_state
+        queries = blip2.qformer(
+            query_embeds=blip2.query_tokens.expand(1, -1, -1),
+            encoder_hidden_states=patches,
+            encoder_attention_mask=torch.ones(patches.shape[:-1], dtype=torch.long),
+        ).last_hidden_state
+        image_embeds = F.linear(queries, ckpt["llama_proj.weight"], ckpt["llama_proj.bias"])
+        first = tokenizer(before, add_special_tokens=True, return_tensors="pt").input_ids
+        second = tokenizer(after, add_special_tokens=False, return_tensors="pt").input_ids
+        embed = llama.model.embed_tokens
+        x = torch.cat([embed(first), image_embeds, embed(second)], dim=1)
+        pe = llama.model.rotary_emb(x, position_ids=torch.arange(x.shape[1])[None])
+        for i, layer in enumerate(llama.model.layers):
+            p = f"llama_model.model.layers.{i}."
+            norm1 = ckpt.get(p + "input_layernorm.weight", layer.input_layernorm.weight)
+            attn = layer.self_attn.forward(
+                hidden_states=norm(x, norm1), attention_mask=None, position_embeddings=pe
+            )[0]
+            h = x + attn
+            down = F.linear(
+                h, ckpt[p + "self_attn.1.down.weight"], ckpt[p + "self_attn.1.down.bias"]
+            )
+            h = h + F.linear(
+                F.gelu(down), ckpt[p + "self_attn.1.up.weight"], ckpt[p + "self_attn.1.up.bias"]
+            )
+            x = h + layer.mlp(norm(h, ckpt[p + "post_attention_layernorm.weight"]))
+        want = llama.lm_head(llama.model.norm(x))
+    assert got.shape[1] == want.shape[1]
+    vocab = want.shape[-1]  # the converted model may carry one row more (<image>)
+    torch.testing.assert_close(got[..., :vocab], want, rtol=1e-4, atol=1e-4)
