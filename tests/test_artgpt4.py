@@ -312,22 +312,73 @@ def _rows(cli, *extra) -> dict[str, dict[str, str]]:
     return {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(text))}
 
 
+@pytest.fixture(scope="module")
+def converted(tiny_models, tmp_path_factory) -> Path:
+    """The tiny artgpt4 model taken apart into the three downloads a user starts from (a
+    Llama folder, a BLIP-2 folder, and a checkpoint in the authors' layout holding trained,
+    non-zero adapters and norms), put back together by `models convert-artgpt4`."""
+    from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+    from artnote.model.convert_artgpt4 import convert_artgpt4
+
+    base = tmp_path_factory.mktemp("converted")
+    source = Blip2ForConditionalGeneration.from_pretrained(tiny_models["artgpt4"])
+    processor = AutoProcessor.from_pretrained(tiny_models["artgpt4"])
+    source.language_model.save_pretrained(base / "llm")
+    processor.tokenizer.save_pretrained(base / "llm")
+    source.save_pretrained(base / "blip2")
+    processor.image_processor.save_pretrained(base / "blip2")
+    g = torch.Generator().manual_seed(7)
+    hidden = source.config.text_config.hidden_size
+    model = {
+        "llama_proj.weight": source.language_projection.weight.detach().clone(),
+        "llama_proj.bias": source.language_projection.bias.detach().clone(),
+        "Qformer.bert.embeddings.position_ids": torch.arange(64).expand(1, -1).clone(),
+    }
+    for i in range(source.config.text_config.num_hidden_layers):
+        p = f"llama_model.model.layers.{i}."
+        model[p + "self_attn.0.rotary_emb.inv_freq"] = torch.rand(4, generator=g)
+        for name, shape in (("down", (hidden // 4, hidden)), ("up", (hidden, hidden // 4))):
+            model[p + f"self_attn.1.{name}.weight"] = torch.randn(shape, generator=g) * 0.02
+            model[p + f"self_attn.1.{name}.bias"] = torch.randn(shape[0], generator=g) * 0.02
+        model[p + "post_attention_layernorm.weight"] = 1 + 0.05 * torch.randn(hidden, generator=g)
+        if i % 2 == 0:
+            model[p + "input_layernorm.weight"] = 1 + 0.05 * torch.randn(hidden, generator=g)
+    checkpoint = base / "ArtGPT-4.pth"
+    torch.save(
+        {"model": model, "optimizer": {}, "config": {}, "scaler": {}, "epoch": 1}, checkpoint
+    )
+    convert_artgpt4(checkpoint, base / "llm", base / "blip2", base / "out", progress=print)
+    return base / "out"
+
+
 @pytest.mark.slow
-def test_the_loop_closes_on_artgpt4(cli, art_paths, tmp_path):
+@pytest.mark.parametrize("start", ["tiny", "converted"])
+def test_the_loop_closes_on_artgpt4(cli, art_paths, tmp_path, request, monkeypatch, start):
+    """scan -> correct -> finetune -> a scan of a byte-different copy says what the curator
+    said: on a tiny model, and on one converted from the authors' checkpoint layout, whose
+    released adapter the scan applies and the fine-tuning continues from."""
+    first: tuple[str, ...] = ()
+    if start == "converted":
+        out = request.getfixturevalue("converted")
+        monkeypatch.setenv("ARTNOTE_MODEL", str(out / "model"))
+        first = ("--adapter", str(out / "adapter"))
     folder = tmp_path / "collection"
     folder.mkdir()
     ship = next(p for p in art_paths if "minotaur" in p.name)
     other = next(p for p in art_paths if "udnie" in p.name)
     for p in (ship, other):
         shutil.copy2(p, folder / p.name)
-    cli("scan", folder, "--quiet")
+    cli("scan", folder, *first, "--quiet")
     before = _rows(cli)
     for row in before.values():
         assert row["alt_text"] and row["description"] and row["explanation"]
         assert abs(sum(float(row[e]) for e in EMOTION_COLUMNS) - 1) < 1e-6
     assert before[ship.name]["description"] != CORRECTED
+    assert all(bool(r["adapter"]) == bool(first) for r in before.values())  # released adapter
     cli("correct", folder / ship.name, "--description", CORRECTED, "--emotion", "fear")
-    cli("finetune", "--epochs", "60", "--lr", "1e-2", "--name", "ships", "--quiet")
+    parent = ("--from-adapter", first[1]) if first else ()
+    cli("finetune", "--epochs", "60", "--lr", "1e-2", "--name", "ships", *parent, "--quiet")
     listed = json.loads(cli("adapters", "list", "--json").stdout)
     assert [a["name"] for a in listed] == ["ships"]
 
