@@ -60,11 +60,15 @@ def _session(path: Path, config: dict[str, str]) -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _run(session: Any, tiles: Any) -> Any:
+def _run(session: Any, tiles: Any, loaded: Any) -> Any:
+    """The session's frozen features, through the live projector (as OnnxEncoder.encode)."""
     import torch
 
+    from artnote.model.encoder_paths import project
+
     name = session.get_inputs()[0].name
-    return torch.from_numpy(session.run(None, {name: tiles.numpy()})[0])
+    with torch.inference_mode():
+        return project(loaded, torch.from_numpy(session.run(None, {name: tiles.numpy()})[0]))
 
 
 def _torch(loaded: Any, tiles: Any) -> Any:
@@ -131,7 +135,7 @@ def measure_model(family: str, seed: int, work: Path, count: int, paintings: lis
         session = _session(ensure_int8(path, reduced), config)
         errors: dict[str, list[float]] = {}
         for kind, t in tiles.items():
-            got = _run(session, t).reshape(want[kind].shape)
+            got = _run(session, t, loaded).reshape(want[kind].shape)
             errors[kind] = [_error(g, w) for g, w in zip(got, want[kind], strict=True)]
             if kind == "paintings":
                 errors["all paintings"] = [_error(got, want[kind])]
@@ -165,13 +169,13 @@ def speed(work: Path, rounds: int = 5) -> dict:
     sessions = {variant: _session(file, config) for variant, (file, config) in files.items()}
     out: dict[str, dict[str, Any]] = {}
     for variant, session in sessions.items():  # also warms up (prepacking, thread pool)
-        got = _run(session, tiles).reshape(want.shape)
+        got = _run(session, tiles, loaded).reshape(want.shape)
         errors = [_error(g, w) for g, w in zip(got, want, strict=True)]
         out[variant] = {"error_max": max(errors), "seconds": []}
     for _ in range(rounds):
         for variant, session in sessions.items():
             start = time.perf_counter()
-            _run(session, tiles)
+            _run(session, tiles, loaded)
             out[variant]["seconds"].append((time.perf_counter() - start) / len(tiles))
     for r in out.values():
         r["s_per_tile"] = statistics.median(r["seconds"])

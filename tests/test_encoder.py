@@ -27,8 +27,8 @@ def _load(path):
 
 
 def _pixels(loaded, images):
-    prefix = inputs.field_parts(loaded.processor, "alt_text").prefix
-    return inputs.pixel_inputs(inputs.encode_prefix(loaded.processor, prefix, images))
+    fmt = inputs.prompt_format(loaded.model, loaded.processor, loaded.family)
+    return fmt.encode_prefix(fmt.parts("alt_text").prefix, images).pixels
 
 
 def _fallback_warnings(caplog):
@@ -95,7 +95,7 @@ def test_annotations_agree_between_onnx_and_torch(tiny_models, art_images, onnx_
 
 
 @pytest.mark.slow
-def test_changed_revision_or_projector_makes_a_new_export(tiny_models, art_images, capfd):
+def test_changed_revision_or_vision_weights_make_a_new_export(tiny_models, art_images, capfd):
     loaded = _load(tiny_models["llava"])
     first = make_encoder(loaded, "onnx")
     assert first.exported and first.path.is_file()
@@ -109,12 +109,13 @@ def test_changed_revision_or_projector_makes_a_new_export(tiny_models, art_image
     other = make_encoder(loaded, "onnx")
     assert other.exported and other.path != first.path
 
-    # An adapter retrains the projector: the cached export must not be reused, and an
+    # Frozen weights changed in place: the cached export must not be reused, and an
     # encoder made before the change must notice it on its next batch.
     pixels = _pixels(loaded, art_images[:2])
     before, old_path = other.encode(pixels), other.path
     with torch.no_grad():
-        projector(loaded.model, loaded.family).linear_1.bias.add_(0.5)
+        tower = loaded.model.model.vision_tower
+        next(p for n, p in tower.named_parameters() if n.endswith("weight")).add_(0.05)
     after = other.encode(pixels)
     assert other.exported and other.path not in (old_path, first.path)
     want = TorchEncoder(loaded).encode(pixels)
@@ -124,6 +125,46 @@ def test_changed_revision_or_projector_makes_a_new_export(tiny_models, art_image
     assert not fresh.exported and fresh.path == other.path
     exports = sorted(p.name for p in (cache_dir() / "onnx").iterdir())
     assert len(exports) == 3 and not any(n.startswith(".tmp") for n in exports), exports
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_retrained_projector_is_used_at_once_without_a_new_export(
+    tiny_models, art_images, onnx_cache, family
+):
+    """Adapters retrain the projector; it runs live in torch after the exported frozen
+    part, so the next batch uses it and nothing is exported again."""
+    loaded = _load(tiny_models[family])
+    encoder = make_encoder(loaded, "onnx", "full")
+    assert isinstance(encoder, OnnxEncoder)
+    pixels = _pixels(loaded, art_images[:2])
+    before, path = encoder.encode(pixels), encoder.path
+    with torch.no_grad():
+        for p in projector(loaded.model, loaded.family).parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = encoder.encode(pixels)
+    assert encoder.path == path and not make_encoder(loaded, "onnx", "full").exported
+    want = TorchEncoder(loaded).encode(pixels)
+    assert not torch.allclose(after[0], before[0])
+    assert max(float((g - w).abs().max()) for g, w in zip(after, want, strict=True)) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ("llava", "smolvlm", "artgpt4"))
+def test_frozen_features_projected_equal_the_whole_path(
+    tiny_models, art_images, onnx_cache, family
+):
+    """encode == project_features(encode_frozen), in torch exactly and in ONNX Runtime:
+    the split the trainer relies on (it caches encode_frozen, trains the projector)."""
+    loaded = _load(tiny_models[family])
+    pixels = _pixels(loaded, art_images[:2])
+    reference = TorchEncoder(loaded)
+    want = reference.encode(pixels)
+    for encoder in (reference, make_encoder(loaded, "onnx", "full")):
+        frozen = encoder.encode_frozen(pixels)
+        assert len(frozen) == 2 and all(not f.requires_grad for f in frozen)
+        got = enc_mod.project_features(loaded, frozen)
+        tolerance = 0.0 if encoder is reference else 1e-4
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape and float((g - w).abs().max()) <= tolerance
 
 
 def test_a_failed_export_leaves_nothing_trusted(tiny_models, monkeypatch, caplog):
@@ -173,9 +214,10 @@ def test_cuda_without_onnxruntime_gpu_falls_back_before_exporting(tiny_models, m
     assert "onnxruntime-gpu" in warning.getMessage()
 
 
-def test_quantized_projector_falls_back(tiny_models, monkeypatch, caplog):
+def test_quantized_vision_tower_falls_back(tiny_models, monkeypatch, caplog):
     loaded = _load(tiny_models["llava"])
-    layer = projector(loaded.model, loaded.family).linear_1
+    tower = loaded.model.model.vision_tower
+    layer = next(m for m in tower.modules() if isinstance(m, torch.nn.Linear))
     layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
     monkeypatch.setattr(enc_mod, "export_onnx", lambda *a: pytest.fail("exported anyway"))
     assert isinstance(make_encoder(loaded, "onnx"), TorchEncoder)

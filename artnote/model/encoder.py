@@ -1,15 +1,17 @@
 """Image -> embeddings: exactly what the language model receives for each image.
 
 `TorchEncoder` runs the model's own get_image_features (vision tower + projector
-or connector); it is the reference and the fallback. `OnnxEncoder` runs the same
-path exported once to ONNX, in ONNX Runtime. Both return one tensor (tokens,
-hidden) per image, in the language model's dtype and on its device.
+or connector); it is the reference and the fallback. `OnnxEncoder` runs the frozen
+part of that path (vision tower, BLIP-2's Q-Former) exported once to ONNX, in ONNX
+Runtime, then the live projector in torch (see encoder_paths: the trainer shares the
+frozen part, and a retrained projector needs no new export). Both return one tensor
+(tokens, hidden) per image, in the language model's dtype and on its device, and
+`encode_frozen` gives the frozen features alone (what the trainer caches).
 
 The export is cached under cache_dir()/onnx, one folder per key: model id,
 revision, family, dtypes, tile size, artnote/torch/transformers versions, and a
-fingerprint of the encoder-path weights. The fingerprint hashes the projector
-tensors in full (ArtGPT-4 adapters retrain them) and a sample of every vision
-tensor (a local folder keeps its name when its weights change).
+fingerprint of the frozen weights: a sample of every tensor of the vision tower
+(and Q-Former), as a local folder keeps its name when its weights change.
 
 Precision: on CPU the export is float32 (ORT's CPU kernels are float32 and it has
 no bf16), cast to the language model's dtype afterwards. On CUDA a bf16/fp16
@@ -45,7 +47,7 @@ from typing import Any, Protocol
 
 from artnote import __version__
 from artnote.errors import ArtnoteError, ConfigError, ModelError
-from artnote.model.encoder_paths import encoder_extra, encoder_path
+from artnote.model.encoder_paths import encoder_extra, frozen_path, project, torch_frozen
 from artnote.model.encoder_paths import encoder_modules as _encoder_modules
 from artnote.model.families import inner_model
 from artnote.model.int8 import ensure_int8
@@ -61,7 +63,7 @@ ONNX_FILE = "encoder.onnx"
 # most 0.024 (0.048 on a random SigLIP-B/16), and an 8-bit copy on an AVX2 CPU without VNNI,
 # whose kernel saturates, by up to 0.20: this catches that kind of damage, not rounding.
 INT8_TOLERANCE = 0.1
-EXPORT_FORMAT = 2  # bump when the exported graph changes: old cached files are not reused
+EXPORT_FORMAT = 3  # bump when the exported graph changes: old cached files are not reused
 OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
 # ONNX's own Attention op (opset 23) has a fused CPU kernel from onnxruntime 1.23: the int8
 # SigLIP tower runs ~10% faster with it. The CUDA provider does not claim that op (it would
@@ -106,6 +108,28 @@ class TorchEncoder:
         with torch.inference_mode():
             out = inner.get_image_features(**moved, return_dict=True)
         return [f.reshape(-1, f.shape[-1]).to(self.loaded.dtype) for f in out.pooler_output]
+
+    def encode_frozen(self, pixel_inputs: dict[str, Any]) -> list[Any]:
+        """Each image's features before the projector ((tiles,) tokens, F), in the tower's
+        dtype: what `project_features` turns into what `encode` returns."""
+        import torch
+
+        with torch.inference_mode():
+            return torch_frozen(self.loaded, pixel_inputs)
+
+
+def project_features(loaded: LoadedModel, frozen: list[Any]) -> list[Any]:
+    """Frozen features of each image (from `encode_frozen`) -> its embeddings (tokens,
+    hidden) through the live projector, in the language model's dtype. Gradients flow
+    into the projector unless called under torch.no_grad/inference_mode."""
+    if not frozen:
+        return []
+    import torch
+
+    shapes = [f.shape[0] if loaded.family.tiled else 1 for f in frozen]
+    rows = torch.cat([f if loaded.family.tiled else f[None] for f in frozen])
+    out = project(loaded, rows).to(loaded.dtype)
+    return [e.reshape(-1, e.shape[-1]) for e in out.split(shapes)]
 
 
 def make_encoder(loaded: LoadedModel, kind: str, precision: str = "full") -> ImageEncoder:
@@ -156,7 +180,7 @@ class OnnxEncoder:
         self.vision_dtype = next(_encoder_modules(loaded)[0].parameters()).dtype
         size = inner_model(loaded.model).config.vision_config.image_size
         self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self._params = [p for m in _encoder_modules(loaded) for p in m.parameters()]
+        self._params = list(_encoder_modules(loaded)[0].parameters())
         self._params += [p for m in encoder_extra(loaded) for p in _parameters(m)]
         self._versions = [p._version for p in self._params]
         self._warned = False
@@ -197,14 +221,34 @@ class OnnxEncoder:
         self._refresh()
         if self.session is None:
             return self.torch.encode(pixel_inputs)
+        frozen = self._frozen(pixel_inputs)
+        if frozen is None:
+            return self.torch.encode(pixel_inputs)
+        with torch.inference_mode():
+            return project_features(self.loaded, frozen)
+
+    def encode_frozen(self, pixel_inputs: dict[str, Any]) -> list[Any]:
+        """Each image's features before the projector, as ONNX Runtime computes them in
+        this encoder's precision (the export's dtype); see TorchEncoder.encode_frozen."""
+        self._refresh()
+        if self.session is None:
+            return self.torch.encode_frozen(pixel_inputs)
+        frozen = self._frozen(pixel_inputs)
+        return self.torch.encode_frozen(pixel_inputs) if frozen is None else frozen
+
+    def _frozen(self, pixel_inputs: dict[str, Any]) -> list[Any] | None:
+        """ONNX Runtime's frozen features per image, or None for a batch it cannot take."""
+        import torch
+
         pixels = pixel_inputs["pixel_values"]
         if pixels.shape[0] == 0:
             return []
         if tuple(pixels.shape[-2:]) != self.size:
-            return self._torch_batch(pixel_inputs, f"images of {tuple(pixels.shape[-2:])} pixels")
+            self._note_torch_batch(f"images of {tuple(pixels.shape[-2:])} pixels")
+            return None
         with torch.inference_mode():
             if not self.loaded.family.tiled:  # one whole image per row (llava, artgpt4)
-                return [f.reshape(-1, f.shape[-1]) for f in self._run(pixels)]
+                return list(self._run(pixels))
             # Mirror Idefics3Model.get_image_features: cast to the tower's dtype, then drop
             # the all-zero padding tiles; each image keeps its real tiles, in order.
             batch, tiles = pixels.shape[:2]
@@ -215,17 +259,19 @@ class OnnxEncoder:
             mask = pixel_inputs.get("pixel_attention_mask")
             if mask is not None and not bool(mask.reshape(batch * tiles, -1)[real].all()):
                 # The export assumes whole tiles, which SmolVLM's image splitting makes.
-                return self._torch_batch(pixel_inputs, "tiles with padding inside")
-            return [f.reshape(-1, f.shape[-1]) for f in self._run(flat[real]).split(counts)]
+                self._note_torch_batch("tiles with padding inside")
+                return None
+            return list(self._run(flat[real]).split(counts))
 
     def _run(self, pixels: Any) -> Any:
-        """(N, 3, H, W) -> (N, tokens, hidden) on the model's device, in its dtype."""
+        """(N, 3, H, W) -> frozen features (N, tokens, F) on the model's device, in the
+        export's dtype."""
         import torch
 
         # Through the tower's dtype first: ORT then sees exactly the pixels torch would.
         x = pixels.to(self.vision_dtype).to(self.device, self.export_dtype).contiguous()
         if x.shape[0] == 0:
-            return torch.empty((0, *self.out_shape), dtype=self.loaded.dtype, device=self.device)
+            return torch.empty((0, *self.out_shape), dtype=self.export_dtype, device=self.device)
         # A batch of 8 SmolVLM images is 100+ tiles: one ORT call would hold every tile's
         # attention maps at once (GBs). Chunks keep memory flat at no cost in speed.
         step = TILES_PER_CALL_CUDA if self.device.type == "cuda" else TILES_PER_CALL_CPU
@@ -237,7 +283,7 @@ class OnnxEncoder:
             else:
                 out = self.session.run([self.output_name], {self.input_name: chunk.numpy()})[0]
                 parts.append(torch.from_numpy(out))
-        return torch.cat(parts).to(self.loaded.dtype)
+        return torch.cat(parts)
 
     def _run_cuda(self, x: Any) -> Any:
         """IO binding: ORT reads and writes torch's GPU memory; nothing crosses to the host."""
@@ -258,14 +304,14 @@ class OnnxEncoder:
         binding.synchronize_outputs()
         return out
 
-    def _torch_batch(self, pixel_inputs: dict[str, Any], why: str) -> list[Any]:
+    def _note_torch_batch(self, why: str) -> None:
         if not self._warned:
             log.warning("ONNX encoder cannot take %s; such batches use the torch encoder", why)
             self._warned = True
-        return self.torch.encode(pixel_inputs)
 
     def _refresh(self) -> None:
-        """Switch ONNX file when encoder-path weights changed in place (an adapter loaded later).
+        """Switch ONNX file when frozen weights changed in place (not by adapters: they
+        retrain the projector, which runs live in torch; by a test or a user's own code).
 
         Tensor version counters make the check free on every batch; the hash runs only
         when one of them moved.
@@ -301,7 +347,10 @@ class OnnxEncoder:
             mask = torch.ones((1, 1, *self.size), dtype=torch.long)
             pixel_inputs = {"pixel_values": tile[:, None], "pixel_attention_mask": mask}
         want = self.torch.encode(pixel_inputs)[0].float()
-        got = self._run(tile)[0].reshape(want.shape).float()
+        with torch.inference_mode():
+            frozen = self._run(tile)  # one image: its one tile, or its one row
+            frozen = frozen if self.loaded.family.tiled else frozen[0]
+            got = project_features(self.loaded, [frozen])[0].float()
         if int8:
             error = float((got - want).norm() / want.norm().clamp(min=1e-12))
             tolerance = INT8_TOLERANCE
@@ -325,7 +374,7 @@ def cache_dir() -> Path:
 
 
 def encoder_fingerprint(loaded: LoadedModel) -> str:
-    """Hash of the projector's tensors, a sample of the vision tower's, and their config."""
+    """Hash of a sample of the frozen tensors (vision tower, Q-Former) and their config."""
     import torch
 
     config = inner_model(loaded.model).config
@@ -337,10 +386,7 @@ def encoder_fingerprint(loaded: LoadedModel) -> str:
         described["num_query_tokens"] = config.num_query_tokens
     described.update({k: getattr(config, k, None) for k in keys})
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
-    vision, proj = _encoder_modules(loaded)
-    for name, tensor in sorted(proj.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(_tensor_bytes(tensor.detach().reshape(-1)))
+    vision = _encoder_modules(loaded)[0]
     tensors = sorted(vision.state_dict().items())
     for i, extra in enumerate(encoder_extra(loaded)):  # the Q-Former and its queries
         tensors += sorted((f"extra{i}.{n}", t) for n, t in _state(extra).items())
@@ -440,10 +486,10 @@ def _opset(device: Any) -> int:
 def export_onnx(
     loaded: LoadedModel, path: Path, dtype: Any, size: tuple[int, ...], opset: int = OPSET
 ) -> None:
-    """Export vision tower + projector with a dynamic first axis (images or tiles)."""
+    """Export the frozen part (encoder_paths) with a dynamic first axis (images or tiles)."""
     import torch
 
-    module = encoder_path(loaded, dtype)
+    module = frozen_path(loaded, dtype)
     example = torch.rand((2, 3, *size), dtype=dtype) * 2 - 1  # 2: a size-1 axis would be fixed
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     modes = [(m, m.training) for m in module.modules()]
@@ -460,7 +506,7 @@ def export_onnx(
                 (example,),
                 str(path),
                 input_names=["pixel_values"],
-                output_names=["embeddings"],
+                output_names=["features"],
                 dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}},
                 opset_version=opset,
                 dynamo=True,
@@ -511,10 +557,10 @@ def _session(path: Path, device: Any) -> Any:
 
 
 def _check_supported(loaded: LoadedModel) -> None:
-    for module in _encoder_modules(loaded):
-        quantized = any(type(m).__module__.startswith("bitsandbytes") for m in module.modules())
-        if quantized or not all(p.is_floating_point() for p in module.parameters()):
-            raise OnnxUnavailable("the vision tower or projector has quantized weights")
+    module = _encoder_modules(loaded)[0]  # the projector runs in torch, quantized or not
+    quantized = any(type(m).__module__.startswith("bitsandbytes") for m in module.modules())
+    if quantized or not all(p.is_floating_point() for p in module.parameters()):
+        raise OnnxUnavailable("the vision tower has quantized weights")
     if loaded.family.name == "llava":
         tower = inner_model(loaded.model).config.vision_config.model_type
         if tower not in LLAVA_TOWERS:
