@@ -3,9 +3,11 @@
 The release CSV has one row per utterance: art_style, painting, emotion,
 utterance, repetition; images live at DIR/art_style/painting.jpg. Per painting,
 the histogram of its annotators' emotions becomes the target distribution and
-the first utterance naming the dominant emotion its explanation. The images are
-added to the catalog (hashed, not annotated), so `artnote finetune` can learn
-from them and `artnote scan` will annotate them.
+the first utterance naming the dominant emotion its explanation. Every utterance
+is kept too, with its emotion, as a reference text for evaluation (ArtEmis scores
+against all of a painting's utterances); a re-import adds only those not kept yet.
+The images are added to the catalog (hashed, not annotated), so `artnote finetune`
+can learn from them and `artnote scan` will annotate them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ArtemisReport:
     unchanged: int = 0  # already imported with the same values
     missing: list[str] = field(default_factory=list)  # expected image paths not found
     skipped_rows: int = 0  # rows with an emotion outside the nine
+    references: int = 0  # utterances newly kept as reference texts
 
 
 def read_artemis(path: Path) -> tuple[dict[tuple[str, str], Painting], int, int]:
@@ -119,6 +122,16 @@ def import_artemis(catalog: Catalog, csv_path: Path, images_dir: Path) -> Artemi
             items.append((ids[rel], "correction", "explanation", explanation))
         report.imported += 1
     catalog.add_reviews(items, by="ArtEmis", source="artemis")
+    kept = [(shas[rel], painting) for rel, (painting, _) in found.items() if shas.get(rel)]
+    report.references = catalog.add_reference_texts(
+        (
+            (sha, "explanation", utterance, emotion)
+            for sha, painting in kept
+            for emotion, utterance in painting.utterances
+            if utterance
+        ),
+        source="artemis",
+    )
     catalog.finish_run(
         run_id, "completed", {"imported": report.imported, "missing": len(report.missing)}
     )

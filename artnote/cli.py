@@ -313,6 +313,7 @@ def correct(
 ) -> None:
     """Correct fields of one image's annotation (kept as a revision; nothing is overwritten)."""
     from artnote.corrections import correct as add_corrections
+    from artnote.corrections import stale_explanation
 
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     values = {
@@ -323,6 +324,12 @@ def correct(
     }
     count = add_corrections(cat, image, values, _by(by))
     _err(f"recorded {count} correction{'s' if count != 1 else ''}")
+    if stale := stale_explanation(cat, image):
+        _err(
+            f"note: the explanation was written for {stale.written_for}, the emotion is now "
+            f"{stale.emotion}; an approval will not approve it until you correct it "
+            "(--explanation; the same text keeps it)"
+        )
 
 
 @app.command()
@@ -336,11 +343,19 @@ def approve(
     config: ConfigOpt = None,
 ) -> None:
     """Approve the current annotation of each image, as it stands (with corrections)."""
+    import shlex
+
     from artnote.corrections import approve as add_approvals
 
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    count = add_approvals(cat, images, _by(by))
-    _err(f"approved {count} image{'s' if count != 1 else ''}")
+    report = add_approvals(cat, images, _by(by))
+    _err(f"approved {report.approved} image{'s' if report.approved != 1 else ''}")
+    for ref, stale in report.held_back:
+        _err(
+            f"{ref}: explanation not approved: written for {stale.written_for}, emotion is now "
+            f"{stale.emotion}; correct it (`artnote correct {shlex.quote(ref)} --explanation "
+            "TEXT`, the same text to approve it as it is)"
+        )
 
 
 corrections_app = typer.Typer(
@@ -381,6 +396,11 @@ def corrections_import(
         f"{report.rows} rows ({report.unchanged_rows} unchanged"
         + (f", {len(report.bad)} bad skipped)" if report.bad else ")")
     )
+    for line, stale in report.held_back:
+        _err(
+            f"{file}:{line}: explanation not approved: written for {stale.written_for}, "
+            f"emotion is now {stale.emotion}; correct it in the explanation column"
+        )
 
 
 import_app = typer.Typer(
@@ -406,7 +426,7 @@ def import_artemis_cmd(
     _err(
         f"{report.paintings} paintings, {report.utterances} utterances: "
         f"imported {report.imported}, {report.unchanged} unchanged, "
-        f"{len(report.missing)} images missing"
+        f"{len(report.missing)} images missing, {report.references} new reference texts"
         + (
             f", {report.skipped_rows} rows with an unknown emotion skipped"
             if report.skipped_rows

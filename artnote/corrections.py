@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artnote.catalog import Catalog
-from artnote.catalog.reviews import emotion_value
+from artnote.catalog.models import REVIEW_FIELDS
+from artnote.catalog.reviews import StaleExplanation, emotion_value
 from artnote.emotions import EMOTIONS, normalise_emotion
 from artnote.errors import ArtnoteError
 from artnote.export import CSV_COLUMNS, FORMULA_PREFIXES
@@ -69,6 +70,16 @@ class ImportReport:
     unchanged_rows: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     imported: bool = False
+    # (line number, why): rows approved whose explanation was written for another emotion
+    held_back: list[tuple[int, StaleExplanation]] = field(default_factory=list)
+
+
+@dataclass
+class ApprovalReport:
+    approved: int = 0  # images
+    # (IMAGE as given, why): images approved except their explanation, written for
+    # another dominant emotion than the current one
+    held_back: list[tuple[str, StaleExplanation]] = field(default_factory=list)
 
 
 def check_value(review_field: str, value: str) -> str:
@@ -105,9 +116,39 @@ def correct(catalog: Catalog, ref: str, values: dict[str, str | None], by: str |
     return catalog.add_reviews(items, by=by, source="cli")
 
 
-def approve(catalog: Catalog, refs: list[str], by: str | None) -> int:
-    ids = [catalog.find_image(ref).id for ref in refs]
-    return catalog.add_reviews([(i, "approval", None, None) for i in ids], by=by, source="cli")
+def approve(
+    catalog: Catalog, refs: list[str], by: str | None, fields: Iterable[str] | None = None
+) -> ApprovalReport:
+    """Approve images (IMAGE as path, id or sha256 prefix) as they stand: every current
+    field, or only `fields` (review field names: alt_text, description, emotion,
+    explanation). An explanation written for another dominant emotion than the current
+    one is approved only when named in `fields`; the report lists the images where it
+    was held back."""
+    names = list(dict.fromkeys(fields)) if fields is not None else [None]
+    unknown = [n for n in names if n is not None and n not in REVIEW_FIELDS]
+    if unknown or not names:
+        raise CorrectionError(
+            f"cannot approve {', '.join(map(repr, unknown)) or 'no field'}; "
+            f"fields are: {', '.join(REVIEW_FIELDS)}"
+        )
+    found = {ref: catalog.find_image(ref) for ref in refs}
+    catalog.add_reviews(
+        [(image.id, "approval", name, None) for image in found.values() for name in names],
+        by=by,
+        source="cli",
+    )
+    report = ApprovalReport(approved=len({image.id for image in found.values()}))
+    if None in names:
+        stale = catalog.stale_explanations(i.sha256 for i in found.values() if i.sha256)
+        report.held_back = [(ref, stale[i.sha256]) for ref, i in found.items() if i.sha256 in stale]
+    return report
+
+
+def stale_explanation(catalog: Catalog, ref: str) -> StaleExplanation | None:
+    """Whether an image's explanation was written for another dominant emotion than its
+    current one (so an approval would not approve it)."""
+    sha = catalog.find_image(ref).sha256
+    return catalog.stale_explanations([sha]).get(sha) if sha else None
 
 
 def import_csv(
@@ -120,6 +161,7 @@ def import_csv(
     roots = catalog.collection_roots()
     report = ImportReport()
     items: list[tuple[int, str, str | None, str | None]] = []
+    approved_on: dict[int, int] = {}  # image id -> line of the row that approved it
     handle, encoding = _open_text(path)
     with handle:
         lines = _decoded_lines(path, handle, encoding)
@@ -167,12 +209,20 @@ def import_csv(
                 continue
             report.unchanged_rows += not row_items
             items += row_items
+            approved_on.update((i[0], line) for i in row_items if i[1] == "approval")
     if report.bad and not skip_bad:
         return report
     report.corrections = sum(1 for i in items if i[1] == "correction")
     report.approvals = sum(1 for i in items if i[1] == "approval")
     catalog.add_reviews(items, by=by, source="csv")
     report.imported = True
+    if approved_on:
+        sha_of = {r["image_id"]: r["sha256"] for r in current if r["image_id"] in approved_on}
+        stale = catalog.stale_explanations(set(sha_of.values()))
+        report.held_back = sorted(
+            ((line, stale[sha_of[i]]) for i, line in approved_on.items() if sha_of[i] in stale),
+            key=lambda item: item[0],
+        )
     return report
 
 

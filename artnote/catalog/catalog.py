@@ -428,10 +428,27 @@ class Catalog:
         with self._read() as conn:
             return reviews.review_states(conn, sha256s)
 
+    def stale_explanations(self, sha256s: Iterable[str]) -> dict[str, reviews.StaleExplanation]:
+        """The contents among these whose explanation was written for another dominant
+        emotion than the current one (not approved with them, never curated)."""
+        with self._read() as conn:
+            return reviews.stale_explanations(conn, sha256s)
+
     def curated(self) -> list[dict[str, Any]]:
-        """Per reviewed content: path, sha256 and the fields curators settled (for training)."""
+        """Per reviewed content: path, sha256, the fields curators settled (for training) and
+        `references` ({field: [curated value first, then every reference text]}, or {});
+        see reviews.curated."""
         with self._read() as conn:
             return reviews.curated(conn)
+
+    def add_reference_texts(
+        self, items: Iterable[tuple[str, str, str, str | None]], *, source: str
+    ) -> int:
+        """Append (sha256, field, text, emotion) reference texts for evaluation in one
+        transaction, consumed in batches; texts a content already has are skipped. Returns
+        how many were added."""
+        with self._write() as conn:
+            return reviews.add_reference_texts(conn, items, source=source)
 
     def register_adapter(self, **values: Any) -> int:
         """Record a trained adapter: name, path, content_hash, base_model, family, metrics,

@@ -47,6 +47,7 @@ IMAGE_STATUSES = ("pending", "annotated", "failed", "missing")
 RUN_OUTCOMES = ("running", "completed", "interrupted", "failed")
 REVIEW_KINDS = ("correction", "approval")
 REVIEW_FIELDS = ("alt_text", "description", "emotion", "explanation")
+REFERENCE_FIELDS = ("alt_text", "description", "explanation")
 
 # Tables that exist only on SQLite (FTS5 virtual table and its shadow tables);
 # they are created by migrations and never by the models. Revisions before 0003
@@ -178,8 +179,11 @@ class Review(Base):
 
     kind 'correction': `field` (alt_text | description | emotion | explanation)
     takes `value` (for emotion, a JSON distribution over the nine labels).
-    kind 'approval': the content's current values are approved as they stand.
-    A content's review status is the kind of its newest review.
+    kind 'approval' without a field: the content's current values are approved as they
+    stand, except an explanation written for another dominant emotion than the current
+    one (artnote.catalog.reviews.stale_explanation); with a field: that field only.
+    A content's review status is the kind of its newest review (a field approval leaves
+    it as it was, and makes a draft 'corrected').
     """
 
     __tablename__ = "reviews"
@@ -217,6 +221,29 @@ class SearchText(Base):
     alt_text: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     explanation: Mapped[str | None] = mapped_column(Text)
+
+
+class ReferenceText(Base):
+    """A reference text for evaluation, append-only: every human text known for a content
+    (ArtEmis: each utterance of a painting, with the emotion its annotator chose), so that
+    BLEU and the like can score against all of them, as ArtEmis reports.
+
+    The curated value (a review) stays the training target; these are never laid over it.
+    """
+
+    __tablename__ = "reference_texts"
+    __table_args__ = (
+        Index(None, "sha256", "id"),
+        CheckConstraint(f"field IN {REFERENCE_FIELDS!r}", name="field"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    emotion: Mapped[str | None] = mapped_column(String(32))  # the label it was written for
+    source: Mapped[str] = mapped_column(String(16))  # artemis
+    created_at: Mapped[datetime]
 
 
 class Adapter(Base):
