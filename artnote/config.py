@@ -54,6 +54,13 @@ class ScanSettings:
 
 
 @dataclass
+class TrainSettings:
+    feature_cache_gb: float = 20.0  # frozen vision features kept for fine-tuning; 0 = none
+    loader_workers: int = 1  # processes decoding training images ahead of the model
+    prefetch: int = 2  # batches each of them prepares ahead
+
+
+@dataclass
 class CatalogSettings:
     url: str = "artnote.db"  # a path (SQLite) or any SQLAlchemy URL
 
@@ -64,6 +71,7 @@ class Settings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
 
 
 _SHORTCUTS = {"ARTNOTE_CATALOG": ("catalog", "url"), "ARTNOTE_MODEL": ("model", "name")}
@@ -225,4 +233,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[scan] batch_size must be 0 (automatic) or a positive number")
     if settings.scan.max_pixels <= 0:
         raise ConfigError("[scan] max_pixels must be positive")
+    if not settings.train.feature_cache_gb >= 0:
+        raise ConfigError("[train] feature_cache_gb must be 0 (no cache) or more")
+    if settings.train.loader_workers < 0 or settings.train.prefetch < 1:
+        raise ConfigError("[train] loader_workers must be 0 or more, and prefetch at least 1")
     settings.scan.extensions = [e.lower().lstrip(".") for e in settings.scan.extensions]

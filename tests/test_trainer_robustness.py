@@ -82,8 +82,9 @@ def _run(art_paths, model, out, curated, hp, **kw):
     return finetune(curated, _settings(model), hp, out, load_image=_open, progress=False, **kw)
 
 
-def _catalog(db: Path, folder: Path, count: int) -> None:
-    """A catalog where `count` small images are annotated and have a corrected description."""
+def _catalog(db: Path, folder: Path, count: int, model: str = "tiny") -> None:
+    """A catalog where `count` small images are annotated (by `model`, as provenance says)
+    and have a corrected description."""
     import hashlib
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,11 +93,11 @@ def _catalog(db: Path, folder: Path, count: int) -> None:
         name = f"img{i}.png"
         Image.new("RGB", (48, 48), (40 * i % 256, 90, 200 - 30 * i)).save(folder / name)
         files[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    prov = Provenance("tiny", None, "idefics3", None, None, "1", "ph", {}, "torch", "cpu", 1.0)
+    prov = Provenance(model, None, "idefics3", None, None, "1", "ph", {}, "torch", "cpu", 1.0)
     emotions = {e: 1 / len(EMOTIONS) for e in EMOTIONS}
     with open_catalog(db) as cat:
         cid = cat.ensure_collection(folder)
-        run = cat.start_run({}, "tiny", None)
+        run = cat.start_run({}, model, None)
         states = [
             FileState(r, (folder / r).stat().st_size, (folder / r).stat().st_mtime_ns, sha)
             for r, sha in files.items()
@@ -355,7 +356,10 @@ def test_a_checkpoint_on_an_epoch_boundary_comes_after_that_epochs_validation(
         json.loads((tmp_path / run / "step-4" / "metrics.json").read_text())
         for run in ("whole", "cut")
     )
-    assert whole4["epoch"] == 2 and cut4 == pytest.approx(whole4)
+    assert whole4["epoch"] == 2 and len(whole4["history"]) == len(cut4["history"]) == 2
+    for w, c in zip(whole4.pop("history"), cut4.pop("history"), strict=True):
+        assert c == pytest.approx(w)
+    assert cut4 == pytest.approx(whole4)
     assert resumed.metrics == pytest.approx(whole.metrics)
 
 
@@ -395,7 +399,7 @@ def test_from_adapter_keeps_the_parents_split(tiny_models, art_paths, tmp_path):
 
 def test_finetune_reads_the_config_file(tiny_models, tmp_path, monkeypatch):
     db = tmp_path / "elsewhere.db"
-    _catalog(db, tmp_path / "collection", 2)
+    _catalog(db, tmp_path / "collection", 2, model=str(tiny_models["smolvlm"]))
     conf = tmp_path / "conf" / "museum.toml"
     conf.parent.mkdir()
     conf.write_text(

@@ -19,6 +19,7 @@ from artnote.cli_options import CatalogOpt, ConfigOpt, ModelOpt
 
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
+    app.command("eval")(eval_command)
 
 
 def finetune(
@@ -61,7 +62,19 @@ def finetune(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(metavar="DIR", help="Checkpoint folder.", show_default="adapters/NAME"),
+        typer.Option(
+            metavar="DIR",
+            help="Checkpoint folder.",
+            show_default="adapters/NAME beside a SQLite catalog, or in the cache directory",
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            metavar="default|artgpt4",
+            help="Preset schedule: artgpt4 is the authors' stage 2 (lr 3e-5 to 1e-5, warm-up "
+            "from 1e-6 over 200 steps, weight decay 0.05); flags given still win.",
+        ),
     ] = None,
     resume: Annotated[
         bool,
@@ -88,7 +101,9 @@ def finetune(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Train the ArtGPT-4 adapters on corrected and approved annotations, and register them."""
+    """Train the ArtGPT-4 adapters on corrected and approved annotations, and register them.
+
+    Without --model, the model whose annotations the curators corrected is trained."""
     # The hyperparameter flags default to None, so that a resumed run takes its own values
     # for those not given; the defaults in their help are Hyperparameters' (a test checks).
     if lr is not None and not (math.isfinite(lr) and lr > 0):
@@ -102,7 +117,7 @@ def finetune(
     from artnote.config import load_settings
     from artnote.model.adapters import read_adapter_config
     from artnote.pipeline import resolve_adapter
-    from trainer.data import CuratedImage
+    from trainer.data import CuratedImage, curated_model
     from trainer.finetune import finetune as run
     from trainer.finetune import resolve_hyperparameters
 
@@ -111,27 +126,19 @@ def finetune(
         overrides={"catalog": {"url": catalog}, "model": {"name": model, "device": device}},
     )
     cat = open_catalog(settings.catalog.url, create=False)
+    rows = cat.curated()
+    if model is None:
+        settings.model.name = curated_model(rows, settings.model.name)
     name = name or time.strftime("adapter-%Y%m%d-%H%M%S")
     registered = cat.adapters()
     if any(a["name"] == name for a in registered):
         raise typer.BadParameter(
             f"an adapter named {name!r} exists; choose another --name", param_hint="--name"
         )
-    out = (out or Path("adapters") / name).resolve()
+    out = (out or data_dir(settings.catalog.url) / "adapters" / name).resolve()
     _check_out(out, registered, resume)
     start_from, _ = resolve_adapter(cat, from_adapter)
-    curated = [
-        CuratedImage(
-            c["path"],
-            c["sha256"],
-            alt_text=c.get("alt_text"),
-            description=c.get("description"),
-            explanation=c.get("explanation"),
-            emotions=c.get("emotions"),
-            dominant_emotion=c.get("dominant_emotion"),
-        )
-        for c in cat.curated()
-    ]
+    curated = [CuratedImage.from_row(row) for row in rows]
     given = {
         "epochs": epochs,
         "lr": lr,
@@ -141,7 +148,9 @@ def finetune(
         "checkpoint_every": checkpoint_every,
     }
     hp = resolve_hyperparameters(
-        {k: v for k, v in given.items() if v is not None}, resume_from=out if resume else None
+        {k: v for k, v in given.items() if v is not None},
+        resume_from=out if resume else None,
+        recipe=recipe,
     )
     result = run(
         curated,
@@ -193,3 +202,59 @@ def _check_out(out: Path, registered: list[dict], resume: bool) -> None:
             "or --resume to finish that same run",
             param_hint="--out",
         )
+
+
+def data_dir(catalog_url: str) -> Path:
+    """artnote's data folder: beside a SQLite catalog, else (PostgreSQL) the cache folder."""
+    from artnote.catalog.engine import catalog_url as parse
+    from artnote.model.encoder import cache_dir
+
+    url = parse(catalog_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).expanduser().resolve().parent
+    return cache_dir()
+
+
+def eval_command(
+    adapter: Annotated[
+        str | None,
+        typer.Option(metavar="NAME|DIR|latest", help="Adapter to evaluate; none: the base model."),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            metavar="val|all|FILE",
+            help="val: the adapter's held-out images; all: every curated image; FILE: one "
+            "sha256 or image path per line.",
+        ),
+    ] = "val",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", min=1, help="Images per batch.", show_default="the adapter's, else 4"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    catalog: CatalogOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score a model (and adapter) on curated images, as scanning would annotate them:
+    BLEU-1..4, METEOR, ROUGE-L, CIDEr-D per field, emotion accuracy and KL."""
+    import json
+
+    from artnote.catalog import open_catalog
+    from artnote.config import load_settings
+    from trainer.evaluation_run import run_eval
+
+    settings = load_settings(
+        config, overrides={"catalog": {"url": catalog}, "model": {"name": model}}
+    )
+    cat = open_catalog(settings.catalog.url, create=False)
+    metrics = run_eval(cat, settings, adapter, split, batch_size, model_given=model is not None)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        from trainer.evaluate import format_table
+
+        typer.echo(format_table(metrics))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from artnote.emotions import EMOTIONS
+from trainer.errors import TrainerError
 
 TEXT_FIELDS = ("alt_text", "description", "explanation")
 
@@ -25,6 +26,12 @@ class Sample:
     text: str = ""  # the curated answer for text fields
     emotions: tuple[float, ...] = ()  # target distribution over EMOTIONS for "emotion"
     dominant: str = ""  # for "explanation": the emotion its lead names
+    # Every reference text for evaluation (the curated one first; ArtEmis has ~5 per
+    # painting); empty: just `text`.
+    references: tuple[str, ...] = ()
+
+    def refs(self) -> tuple[str, ...]:
+        return self.references or (self.text,)
 
 
 @dataclass
@@ -38,7 +45,24 @@ class CuratedImage:
     explanation: str | None = None
     emotions: dict[str, float] | None = None  # a distribution (one-hot for a single label)
     dominant_emotion: str | None = None  # the current one, when emotions were not curated
+    references: dict[str, list[str]] = field(default_factory=dict)  # field -> every reference
+    model: str | None = None  # the model whose annotation was curated (None: imported data)
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> CuratedImage:
+        """From a Catalog.curated() row."""
+        return cls(
+            row["path"],
+            row["sha256"],
+            alt_text=row.get("alt_text"),
+            description=row.get("description"),
+            explanation=row.get("explanation"),
+            emotions=row.get("emotions"),
+            dominant_emotion=row.get("dominant_emotion"),
+            references=dict(row.get("references") or {}),
+            model=row.get("model"),
+        )
 
 
 def samples_from(images: list[CuratedImage]) -> list[Sample]:
@@ -51,7 +75,17 @@ def samples_from(images: list[CuratedImage]) -> list[Sample]:
             if text:
                 if name == "explanation" and not dominant:
                     continue  # its prompt names the emotion: without one it cannot be asked
-                out.append(Sample(im.image_path, im.sha256, name, text=text, dominant=dominant))
+                refs = tuple(dict.fromkeys([text, *im.references.get(name, [])]))
+                out.append(
+                    Sample(
+                        im.image_path,
+                        im.sha256,
+                        name,
+                        text=text,
+                        dominant=dominant,
+                        references=refs if len(refs) > 1 else (),
+                    )
+                )
         if im.emotions:
             dist = tuple(float(im.emotions.get(e, 0.0)) for e in EMOTIONS)
             total = sum(dist)
@@ -62,6 +96,18 @@ def samples_from(images: list[CuratedImage]) -> list[Sample]:
                     )
                 )
     return out
+
+
+def curated_model(rows: list[dict[str, Any]], configured: str) -> str:
+    """The model whose annotations the curators corrected (from provenance); `configured`
+    when none was (imported data only); an error when several were."""
+    models = sorted({r["model"] for r in rows if r.get("model")})
+    if len(models) > 1:
+        raise TrainerError(
+            f"the curated annotations come from {len(models)} models ({', '.join(models)}); "
+            "choose one with --model"
+        )
+    return models[0] if models else configured
 
 
 def sample_digest(samples: list[Sample]) -> str:

@@ -1,141 +1,221 @@
-"""Held-out metrics, in pure Python: BLEU-1..4, ROUGE-L and CIDEr-D of generated
-text against the curators' text (the COCO caption metrics), and emotion
-accuracy and cross-entropy from the nine label scores."""
+"""Held-out metrics: caption scores per text field, and emotion scores.
+
+Caption scores come from `pycocoevalcap`, the COCO caption scorers that ArtEmis and
+most captioning papers report, so the figures compare with published ones: BLEU-1..4,
+ROUGE-L, CIDEr (coco-caption's CIDEr is CIDEr-D: clipped n-gram counts and a length
+penalty) and METEOR. Every reference of an image counts (ArtEmis has about five per
+painting), and each field (alt_text, description, explanation) is scored on its own.
+
+Tokenization is ours, not pycocoevalcap's PTBTokenizer (which needs Java and drops
+every non-ASCII character): NFKC, casefold, then words are runs of Unicode letters,
+marks, digits and connectors (regex `\\w`; "café" and "gemälde" stay whole), except that
+Han, Hiragana, Katakana and Thai split into single characters, as sacrebleu's zh
+tokenizer does, since those scripts put no spaces between words. The scorers get the
+tokens joined with single spaces.
+
+Absent (None) means the metric could not be computed, never that it scored 0:
+METEOR without Java (its scorer runs `java -jar meteor-1.5.jar`) or when that process
+fails (logged as a warning); CIDEr with fewer than two images (its idf weights need a
+corpus).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-import re
-from collections import Counter
-from collections.abc import Sequence
+import shutil
+import threading
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-_WORD = re.compile(r"[a-z0-9]+")
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+from trainer.errors import TrainerError
+
+log = logging.getLogger(__name__)
+
+TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+
+# Scripts written without spaces between words: one token per character.
+_SPLIT = (
+    (0x0E00, 0x0E7F),  # Thai
+    (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
+    (0x3000, 0x303F),  # CJK symbols: 々 〆 〇
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x31F0, 0x31FF),  # Katakana phonetic extensions
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF66, 0xFF9F),  # halfwidth Katakana
+    (0x20000, 0x3FFFF),  # CJK extensions B and later
+)
+
+
+def _split(ch: str) -> bool:
+    o = ord(ch)
+    return any(lo <= o <= hi for lo, hi in _SPLIT)
 
 
 def tokenize(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def bleu(
-    candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4
-) -> list[float]:
-    """Corpus BLEU-1..max_n (closest reference length for the brevity penalty, as COCO)."""
-    matches, totals = [0] * max_n, [0] * max_n
-    cand_len = ref_len = 0
-    for cand, refs in zip(candidates, references, strict=True):
-        c = tokenize(cand)
-        rs = [tokenize(r) for r in refs]
-        cand_len += len(c)
-        ref_len += min((abs(len(r) - len(c)), len(r)) for r in rs)[1] if rs else 0
-        for n in range(1, max_n + 1):
-            counts = _ngrams(c, n)
-            best: Counter = Counter()
-            for r in rs:
-                best |= _ngrams(r, n)
-            matches[n - 1] += sum(min(k, best[g]) for g, k in counts.items())
-            totals[n - 1] += max(len(c) - n + 1, 0)
-    if cand_len == 0:
-        return [0.0] * max_n
-    bp = 1.0 if cand_len > ref_len else math.exp(1 - ref_len / cand_len)
-    scores, log_sum = [], 0.0
-    tiny = 1e-9
-    for n in range(max_n):
-        p = (matches[n] + tiny) / (totals[n] + tiny * 10) if totals[n] else tiny
-        log_sum += math.log(max(p, tiny))
-        scores.append(bp * math.exp(log_sum / (n + 1)))
-    return scores
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(
-    candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2
-) -> float:
-    """Mean sentence ROUGE-L F-measure (beta 1.2, as COCO)."""
-    scores = []
-    for cand, refs in zip(candidates, references, strict=True):
-        c = tokenize(cand)
-        best_p = best_r = 0.0
-        for r in map(tokenize, refs):
-            lcs = _lcs(c, r)
-            best_p = max(best_p, lcs / len(c) if c else 0.0)
-            best_r = max(best_r, lcs / len(r) if r else 0.0)
-        if best_p and best_r:
-            scores.append((1 + beta**2) * best_p * best_r / (best_r + beta**2 * best_p))
+    """Casefolded Unicode words; Han, kana and Thai as single characters (each keeping
+    any combining marks that follow it)."""
+    tokens: list[str] = []
+    word, after_split = "", False
+    for ch in unicodedata.normalize("NFKC", text).casefold():
+        cat = unicodedata.category(ch)
+        if cat[0] == "M" and (word or after_split):  # a combining mark stays with its base
+            if word:
+                word += ch
+            else:
+                tokens[-1] += ch
+            continue
+        after_split = False
+        if cat[0] not in "LMN" and cat != "Pc":  # not a word character: a boundary
+            if word:
+                tokens.append(word)
+            word = ""
+        elif _split(ch):
+            if word:
+                tokens.append(word)
+            tokens.append(ch)
+            word, after_split = "", True
         else:
-            scores.append(0.0)
-    return sum(scores) / len(scores) if scores else 0.0
+            word += ch
+    if word:
+        tokens.append(word)
+    return tokens
 
 
-def cider_d(
-    candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0
-) -> float:
-    """CIDEr-D: tf-idf n-gram cosine (n = 1..4) with clipping and a length penalty, x10."""
-    refs_tok = [[tokenize(r) for r in refs] for refs in references]
-    docs = len(refs_tok)
-    if docs == 0:
-        return 0.0
-    df: Counter = Counter()
-    for refs in refs_tok:
-        df.update({g for r in refs for n in range(1, 5) for g in _ngrams(r, n)})
-    log_docs = math.log(float(docs))
-
-    def vec(words: list[str], n: int) -> tuple[dict, float]:
-        counts = _ngrams(words, n)
-        v = {g: k * (log_docs - math.log(max(1.0, df[g]))) for g, k in counts.items()}
-        return v, math.sqrt(sum(x * x for x in v.values()))
-
-    total = 0.0
-    for cand, refs in zip(candidates, refs_tok, strict=True):
-        c = tokenize(cand)
-        score = 0.0
-        for n in range(1, 5):
-            vc, nc = vec(c, n)
-            for r in refs:
-                vr, nr = vec(r, n)
-                dot = sum(min(x, vr.get(g, 0.0)) * vr.get(g, 0.0) for g, x in vc.items())
-                if nc and nr:
-                    penalty = math.exp(-((len(c) - len(r)) ** 2) / (2 * sigma**2))
-                    score += penalty * dot / (nc * nr)
-        total += score / 4 / max(len(refs), 1) * 10
-    return total / docs
+def _joined(text: str) -> str:
+    return " ".join(tokenize(text))
 
 
-def text_metrics(candidates: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    refs = [[r] for r in references]
-    b = bleu(candidates, refs)
+def text_metrics(
+    candidates: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float | None]:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of candidates[i] against every text in
+    references[i] (all the references of image i), plus "images": how many were scored.
+    None: absent (see the module's docstring). No candidates: {}."""
+    if len(candidates) != len(references):
+        raise TrainerError(
+            f"{len(candidates)} candidate texts but references for {len(references)} images"
+        )
+    if not candidates:
+        return {}
+    res = {i: [_joined(c)] for i, c in enumerate(candidates)}
+    gts: dict[int, list[str]] = {}
+    for i, refs in enumerate(references):
+        if isinstance(refs, str):
+            raise TrainerError(f"references[{i}] must be a list of reference texts, not a string")
+        if not refs:
+            raise TrainerError(f"image {i} has no reference text to score against")
+        gts[i] = [_joined(r) for r in refs]
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider: float | None = None
+    if len(res) >= 2:
+        # Cider fails on a corpus without a single reference word; no n-gram can match there.
+        has_words = any(r for refs in gts.values() for r in refs)
+        cider = float(Cider().compute_score(gts, res)[0]) if has_words else 0.0
+    scores = [float(b) for b in bleu]
     return {
-        "bleu1": b[0],
-        "bleu2": b[1],
-        "bleu3": b[2],
-        "bleu4": b[3],
-        "rouge_l": rouge_l(candidates, refs),
-        "cider": cider_d(candidates, refs),
+        "images": len(res),
+        **{f"bleu{n}": scores[n - 1] for n in range(1, 5)},
+        "meteor": _meteor_score(gts, res),
+        "rouge_l": float(rouge),
+        "cider": cider,
     }
+
+
+def field_metrics(
+    per_field: Mapping[str, tuple[Sequence[str], Sequence[Sequence[str]]]],
+) -> dict[str, dict[str, float | None]]:
+    """{field: text_metrics(candidates, references)} for each field: never pooled."""
+    return {name: text_metrics(cands, refs) for name, (cands, refs) in per_field.items()}
+
+
+# One METEOR process for the whole run: the jar takes seconds to load its paraphrase table.
+_meteor: Any = None
+_meteor_lock = threading.Lock()
+
+
+def _meteor_score(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
+    global _meteor
+    if shutil.which("java") is None:
+        return None
+    with _meteor_lock:
+        try:
+            if _meteor is None:
+                from pycocoevalcap.meteor.meteor import Meteor
+
+                _meteor = Meteor()
+            return float(_meteor.compute_score(gts, res)[0])
+        except (OSError, ValueError) as exc:  # could not start, died, or answered nonsense
+            log.warning("METEOR is absent: its Java process failed: %r", exc)
+            _close_meteor()
+            return None
+
+
+def _close_meteor() -> None:
+    global _meteor
+    meteor, _meteor = _meteor, None
+    if meteor is None:
+        return
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+    with contextlib.suppress(OSError):
+        meteor.meteor_p.stdin.close()
+    # A failed compute_score keeps its lock, and Meteor.__del__ takes it: give it a free one.
+    meteor.lock = threading.Lock()
 
 
 def emotion_metrics(
     log_probs: Sequence[Sequence[float]], targets: Sequence[Sequence[float]]
 ) -> dict[str, float]:
-    """Accuracy of the top label against the target's top label, and mean cross-entropy."""
+    """Accuracy of the top label against the target's top label, mean cross-entropy and
+    mean KL(target || predicted), natural log; a target's zero entries add nothing."""
+    if len(log_probs) != len(targets):
+        raise TrainerError(f"{len(log_probs)} predictions for {len(targets)} emotion targets")
     if not targets:
         return {}
-    hits, ce = 0, 0.0
+    hits, ce, kl = 0, 0.0, 0.0
     for lp, t in zip(log_probs, targets, strict=True):
         hits += int(
             max(range(len(lp)), key=lp.__getitem__) == max(range(len(t)), key=t.__getitem__)
         )
-        ce -= sum(ti * li for ti, li in zip(t, lp, strict=True))
-    return {"emotion_accuracy": hits / len(targets), "emotion_ce": ce / len(targets)}
+        pairs = [(ti, li) for ti, li in zip(t, lp, strict=True) if ti > 0]
+        ce -= sum(ti * li for ti, li in pairs)
+        kl += sum(ti * (math.log(ti) - li) for ti, li in pairs)
+    n = len(targets)
+    return {"emotion_accuracy": hits / n, "emotion_ce": ce / n, "emotion_kl": kl / n}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "absent"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table: one row per field (the dict-valued entries), one column per
+    caption metric, then one line per other entry (emotion scores, losses)."""
+    rows = {k: v for k, v in metrics.items() if isinstance(v, Mapping)}
+    lines = []
+    if rows:
+        width = max(len("field"), *map(len, rows))
+        columns = ("images", *TEXT_METRICS)
+        lines.append(" ".join(["field".ljust(width), *(c.rjust(8) for c in columns)]))
+        for name, m in rows.items():
+            cells = (_cell(m.get(c)).rjust(8) for c in columns)
+            lines.append(" ".join([name.ljust(width), *cells]))
+    others = {k: v for k, v in metrics.items() if k not in rows}
+    if others:
+        width = max(map(len, others))
+        lines += [f"{k.ljust(width)}  {_cell(v)}" for k, v in others.items()]
+    return "\n".join(lines)

@@ -6,13 +6,12 @@ adapters, the layer norms of the trainable set and the projector learn.
 
 from __future__ import annotations
 
-import copy
-import math
+import contextlib
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,8 @@ from artnote.model.adapters import (
     read_adapter_config,
 )
 from artnote.model.load import LoadedModel, load_model
-from trainer import checkpoint
+from trainer import checkpoint, history
+from trainer.context import RunContext, make_context
 from trainer.data import (
     CuratedImage,
     Sample,
@@ -40,25 +40,16 @@ from trainer.data import (
     split_keeping,
 )
 from trainer.errors import TrainerError
-from trainer.evaluate import emotion_metrics, text_metrics
-from trainer.objectives import Objective
+from trainer.hyperparameters import (
+    Hyperparameters,
+    changed_since,
+    check_hyperparameters,
+    learning_rate,
+    resolve_hyperparameters,
+)
+from trainer.validation import evaluate
 
-
-@dataclass
-class Hyperparameters:
-    epochs: int = 3  # passes over the training samples
-    lr: float = 1e-3  # peak learning rate (adapters are small: higher than full fine-tuning)
-    batch_size: int = 4  # samples per forward pass
-    grad_accum: int = 1  # forward passes per optimizer step
-    warmup_fraction: float = 0.1  # share of steps with linear warm-up, then cosine decay to 0
-    weight_decay: float = 0.05  # AdamW, as ArtGPT-4
-    clip: float = 1.0  # gradient-norm clipping
-    seed: int = 0  # data order, split and adapter initialisation
-    val_fraction: float = 0.1  # images held out for validation (none below 4 images)
-    checkpoint_every: int = 50  # optimizer steps between step-N/ checkpoints
-    reduction: int = 4  # adapter bottleneck: hidden -> hidden/reduction
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only)
-    eval_generate: bool = True  # generate text on held-out images for BLEU/ROUGE/CIDEr
+__all__ = ["FinetuneResult", "Hyperparameters", "finetune", "resolve_hyperparameters"]
 
 
 @dataclass
@@ -71,6 +62,8 @@ class FinetuneResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     left_out: int = 0  # images curated after a resumed run started: for the next run
+    encoded: int = 0  # images the frozen encoder ran on (the rest came from the feature cache)
+    peak_decoded: int = 0  # most decoded images alive in the training process at once
 
 
 class _Stop(Exception):
@@ -89,6 +82,10 @@ def finetune(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
+    """Train the adapters on `curated` and save them (final/, and step-N/ checkpoints).
+
+    load_image: path -> picture, instead of the scanner's decoder (tests only).
+    """
     start = time.perf_counter()
     # ---- setup: everything that can be refused is refused before anything is loaded or saved
     check_hyperparameters(hp)
@@ -104,93 +101,92 @@ def finetune(
     train, val, left_out = _split(samples, hp, last, from_adapter)
     split = Split.of(train, val)
     torch.manual_seed(hp.seed)
-    loaded = _load_for_training(settings)
+    loaded = load_model(settings.model)
     if from_adapter is not None:
         load_adapter(loaded.model, from_adapter, family=loaded.family, base_model=loaded.name)
     else:
         attach_adapters(loaded.model, reduction=hp.reduction)
     mark_trainable(loaded.model, loaded.family)
-    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
-    objective = Objective(loaded)
+    trainable = float32_masters(loaded)
+    ctx = make_context(loaded, settings, hp.max_answer_tokens, load_image)
     optimizer = _optimizer(trainable, hp, loaded)
-    per_epoch = math.ceil(len(train) / (hp.batch_size * hp.grad_accum))
+    per_epoch = -(-len(train) // (hp.batch_size * hp.grad_accum))
     total_steps = per_epoch * hp.epochs
-    step, metrics, losses = 0, {}, []
+    step, metrics, losses, epochs = 0, {}, [], []
     out_dir.mkdir(parents=True, exist_ok=True)
     if last is not None:
         load_adapter(loaded.model, last, family=loaded.family, base_model=loaded.name)
         checkpoint.load_optimizer_state(last, loaded, optimizer)
         state = checkpoint.read_state(last)
         step, metrics, losses = state["step"], state.get("metrics", {}), state.get("losses", [])
-    if load_image is None:
-        load_image = _scan_decoder(loaded, settings)
-    images: dict[str, Any] = {}
-
-    def image(sample: Sample) -> Any:
-        if sample.image_path not in images:
-            images[sample.image_path] = load_image(sample.image_path)
-        return images[sample.image_path]
+        epochs = list(state.get("history", []))
 
     def save(folder: str) -> Path:
         state = {
             "step": step,
             "epoch": step // per_epoch,  # epochs completed
             "metrics": metrics,
+            "history": epochs,
             "losses": losses,
             "hyperparameters": asdict(hp),
             "split": split.to_json(),
             "training_samples": {"count": len(train), "digest": sample_digest(train)},
         }
-        return checkpoint.save_checkpoint(
+        path = checkpoint.save_checkpoint(
             out_dir / folder,
             loaded,
             optimizer,
             hp,
-            metrics,
+            {**metrics, "history": epochs},
             state,
             extra=_extra(hp, train + val, metrics, split),
         )
+        history.plot(path / "metrics.png", losses, epochs, per_epoch)
+        return path
 
-    bar = _bar(total_steps, step, progress)
-    autocast = _autocast(loaded)
+    bars = _Bars(hp.epochs, total_steps, step, per_epoch, progress)
+    autocast, scaler = _precision(loaded)
     # ---- fit
     loaded.model.train()
     for epoch in range(step // per_epoch, hp.epochs):
         order = list(range(len(train)))
         random.Random(hp.seed * 1000 + epoch).shuffle(order)
         groups = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
-        for k in range(step - epoch * per_epoch, per_epoch):
+        first = step - epoch * per_epoch
+        stream = ctx.stream.batches(train, groups[first * hp.grad_accum :])
+        for k in range(first, per_epoch):
             tick = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            micro = groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]
-            seen, step_loss = sum(len(g) for g in micro), 0.0
-            for group in micro:
-                batch = [train[i] for i in group]
+            micro = [next(stream) for _ in groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]]
+            seen, step_loss = sum(len(batch) for batch, _ in micro), 0.0
+            for batch, prepared in micro:
                 with autocast:
-                    loss, _ = objective.loss(batch, [image(s) for s in batch])
-                (loss * len(group) / seen).backward()
-                step_loss += float(loss.detach()) * len(group) / seen
+                    loss, _ = ctx.objective.loss(batch, prepared)
+                scaler.scale(loss * len(batch) / seen).backward()
+                step_loss += float(loss.detach()) * len(batch) / seen
+            del micro
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
             for g in optimizer.param_groups:
-                g["lr"] = _lr(step, total_steps, hp)
-            optimizer.step()
+                g["lr"] = learning_rate(step, total_steps, hp)
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             losses.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{step_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - tick):.1f}"
-            )
+            bars.step(step_loss, seen / (time.perf_counter() - tick))
             # ---- validate: before a checkpoint that ends the epoch, or a run resumed
             # from that checkpoint would never validate this epoch
-            if k == per_epoch - 1 and val:
-                loaded.model.eval()
-                metrics = {"epoch": epoch + 1, **validate(loaded, objective, val, image, hp)}
-                loaded.model.train()
+            if k == per_epoch - 1:
+                metrics = {"epoch": epoch + 1, "train_loss": _mean(losses[-per_epoch:])}
+                if val:
+                    metrics.update(validate(ctx, val, hp))
+                epochs.append(metrics)
+                bars.epoch(metrics)
             if step % hp.checkpoint_every == 0 and step < total_steps:
                 save(f"step-{step}")
             if on_step is not None:
                 on_step(step)
-    bar.close()
+    bars.close()
     loaded.model.eval()
     # ---- save
     metrics = {**metrics, "final_train_loss": losses[-1] if losses else None}
@@ -204,48 +200,37 @@ def finetune(
         metrics=metrics,
         seconds=time.perf_counter() - start,
         left_out=left_out,
+        encoded=ctx.stream.encoded,
+        peak_decoded=ctx.stream.peak_live,
     )
 
 
-# What --resume may change: neither changes a weight nor the order of the samples.
-RESUMABLE_CHANGES = ("checkpoint_every", "eval_generate")
+def validate(ctx: RunContext, val: list[Sample], hp: Hyperparameters) -> dict[str, Any]:
+    """The held-out metrics, exactly as `artnote eval --split val` computes them."""
+    return evaluate(
+        val,
+        objective=ctx.objective,
+        stream=ctx.stream,
+        annotator=ctx.annotator,
+        decode=ctx.decode,
+        batch_size=hp.batch_size,
+        generate=hp.eval_generate,
+    )
 
 
-def resolve_hyperparameters(
-    given: dict[str, Any], *, resume_from: Path | None = None
-) -> Hyperparameters:
-    """The hyperparameters of a run: those `given` (the flags a user typed), then, when
-    resuming the run in `resume_from`, the ones its checkpoint was made with, then the
-    defaults. A given value that differs from the checkpoint's is refused by finetune(),
-    so a resumed run is never silently changed, nor needs every flag repeated."""
-    stored: dict[str, Any] = {}
-    last = checkpoint.resume_point(resume_from) if resume_from is not None else None
-    if last is not None:
-        names = {f.name for f in fields(Hyperparameters)}
-        stored = {k: v for k, v in checkpoint.stored_hyperparameters(last).items() if k in names}
-    return Hyperparameters(**{**stored, **given})
+def float32_masters(loaded: LoadedModel) -> list[torch.nn.Parameter]:
+    """The trainable parameters, held in float32 whatever the base's dtype.
 
-
-def check_hyperparameters(hp: Hyperparameters) -> None:
-    """Refuse numbers no run can use (the CLI refuses them first, as bad usage)."""
-    for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every", "reduction"):
-        if not isinstance(getattr(hp, name), int) or getattr(hp, name) < 1:
-            raise TrainerError(f"{_flag(name)} must be a whole number of at least 1")
-    if not (math.isfinite(hp.lr) and hp.lr > 0):
-        raise TrainerError(f"--lr must be a finite number greater than 0, not {hp.lr}")
-    if not 0 <= hp.val_fraction < 1:
-        raise TrainerError(f"val_fraction must be at least 0 and below 1, not {hp.val_fraction}")
-    if not 0 <= hp.warmup_fraction <= 1:
-        raise TrainerError(f"warmup_fraction must be between 0 and 1, not {hp.warmup_fraction}")
-    if not (math.isfinite(hp.weight_decay) and hp.weight_decay >= 0):
-        raise TrainerError(f"weight_decay must be at least 0, not {hp.weight_decay}")
-    if not (math.isfinite(hp.clip) and hp.clip > 0):
-        raise TrainerError(f"clip must be greater than 0, not {hp.clip}")
-
-
-def _flag(name: str) -> str:
-    cli = ("epochs", "lr", "batch_size", "grad_accum", "seed", "checkpoint_every")
-    return f"--{name.replace('_', '-')}" if name in cli else name
+    With a bf16/fp16 (or 8-/4-bit) base, a norm gain near 1.0 has a spacing of 2^-7 in
+    bf16: AdamW's updates at lr 1e-5 would round away and nothing would be learned.
+    Held in float32 they accumulate; the frozen rest stays as loaded, and the forward
+    runs under autocast (_precision).
+    """
+    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    for p in trainable:
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
+    return trainable
 
 
 def _resume_point(out_dir: Path, hp: Hyperparameters) -> Path:
@@ -256,13 +241,7 @@ def _resume_point(out_dir: Path, hp: Hyperparameters) -> Path:
             f"--resume: no checkpoint to resume in {out_dir} (none was completed); "
             "run without --resume to start"
         )
-    stored = checkpoint.stored_hyperparameters(last)
-    now = asdict(hp)
-    changed = [
-        f"{_flag(k)} {stored[k]!r} (now {now[k]!r})"
-        for k in now
-        if k not in RESUMABLE_CHANGES and k in stored and stored[k] != now[k]
-    ]
+    changed = changed_since(checkpoint.stored_hyperparameters(last), hp)
     if changed:
         raise TrainerError(
             f"--resume: {last} was made with {', '.join(changed)}; resume with the same "
@@ -307,54 +286,6 @@ def _split(
     return train, val, left_out
 
 
-def validate(
-    loaded: LoadedModel, objective: Objective, val: list[Sample], image, hp
-) -> dict[str, Any]:
-    from artnote.model.annotate import Annotator
-
-    out: dict[str, Any] = {}
-    with torch.no_grad():
-        losses = [float(objective.loss([s], [image(s)])[0]) for s in val]
-    out["val_loss"] = sum(losses) / len(losses)
-    emo = [s for s in val if s.field == "emotion"]
-    annotator = Annotator(loaded)
-    if emo:
-        scores = annotator.emotion_logliks([image(s) for s in emo])
-        log_probs = torch.log_softmax(scores.double(), dim=-1).tolist()
-        out.update(emotion_metrics(log_probs, [list(s.emotions) for s in emo]))
-    text = [s for s in val if s.field in ("alt_text", "description")]
-    if text and hp.eval_generate:
-        generated = annotator.annotate([image(s) for s in text])
-        out.update(
-            text_metrics(
-                [getattr(a, s.field) for a, s in zip(generated, text, strict=True)],
-                [s.text for s in text],
-            )
-        )
-    return out
-
-
-def _scan_decoder(loaded: LoadedModel, settings: Settings) -> Callable[[str], Any]:
-    """Decode exactly as `artnote scan` does, so training sees the pixels scanning sees."""
-    from artnote.images import decode_image
-    from artnote.model.inputs import input_size
-
-    size = input_size(loaded.processor)
-
-    def load(path: str) -> Any:
-        return decode_image(Path(path), max_pixels=settings.scan.max_pixels, target_size=size).image
-
-    return load
-
-
-def _load_for_training(settings: Settings) -> LoadedModel:
-    model_settings = copy.copy(settings.model)
-    if model_settings.quantization == "none":
-        # Train in fp32 (bf16 autocast on CUDA): adapters start at zero and need precision.
-        model_settings.dtype = "float32"
-    return load_model(model_settings)
-
-
 def _optimizer(params, hp: Hyperparameters, loaded: LoadedModel):
     # No weight decay on norm gains and biases (ndim < 2): decay pulls a gain towards 0,
     # not towards its pretrained value, and would scale the layer's output down.
@@ -375,34 +306,49 @@ def _optimizer(params, hp: Hyperparameters, loaded: LoadedModel):
     return torch.optim.AdamW(groups, lr=hp.lr)
 
 
-def _lr(step: int, total: int, hp: Hyperparameters) -> float:
-    warmup = max(1, int(total * hp.warmup_fraction))
-    if step < warmup:
-        return hp.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return hp.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def _precision(loaded: LoadedModel) -> tuple[Any, Any]:
+    """(autocast context, gradient scaler) for the base's dtype: float32 on the CPU runs as
+    it is; bf16/fp16 bases (and CUDA) compute in autocast with float32 masters."""
+    device = loaded.device.type
+    half = loaded.dtype in (torch.bfloat16, torch.float16)
+    fp16_cuda = device == "cuda" and loaded.dtype == torch.float16
+    scaler = torch.amp.GradScaler(device, enabled=fp16_cuda)
+    if device == "cuda":
+        dtype = torch.float16 if loaded.dtype == torch.float16 else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype), scaler
+    if half:
+        return torch.autocast(device, dtype=loaded.dtype), scaler
+    return contextlib.nullcontext(), scaler
 
 
-def _autocast(loaded: LoadedModel):
-    import contextlib
+class _Bars:
+    """tqdm bars: epochs (with the last validation) and steps (loss, samples/s)."""
 
-    if loaded.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    def __init__(self, epochs: int, total: int, done: int, per_epoch: int, enabled: bool):
+        from tqdm import tqdm
+
+        options = {"file": sys.stderr, "disable": not enabled, "dynamic_ncols": True}
+        self.epochs = tqdm(
+            total=epochs, initial=done // per_epoch, desc="epochs", unit="epoch", **options
+        )
+        self.steps = tqdm(total=total, initial=done, desc="steps", unit="step", **options)
+
+    def step(self, loss: float, samples_per_s: float) -> None:
+        self.steps.update(1)
+        self.steps.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.1f}")
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        self.epochs.update(1)
+        shown = {k: metrics[k] for k in ("val_loss", "emotion_accuracy") if k in metrics}
+        self.epochs.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
+
+    def close(self) -> None:
+        self.steps.close()
+        self.epochs.close()
 
 
-def _bar(total: int, done: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=done,
-        desc="finetune",
-        unit="step",
-        file=sys.stderr,
-        disable=not enabled,
-        dynamic_ncols=True,
-    )
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _extra(

@@ -6,6 +6,11 @@ Emotion: the nine label words are scored as at scan time (sum of the label
 tokens' log-probabilities after the emotion question); the loss is the
 cross-entropy between softmax(scores) and the target distribution, which is the
 KL term to an ArtEmis histogram (plus a constant) and plain CE for one label.
+
+Images come as `Prepared` (trainer.features): the prompt prefix and the frozen
+vision features, float16, from the feature cache or just computed; the projector
+runs here, with gradients. Logits are computed only where a loss reads them (the
+answer positions, the label positions), not over the whole sequence.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ import torch
 
 from artnote.emotions import EMOTIONS
 from artnote.model import inputs, prompts
-from artnote.model.families import inner_model, language_model
+from artnote.model.encoder import TorchEncoder, project_features
+from artnote.model.families import language_model
 from artnote.model.load import LoadedModel
 from trainer.data import Sample
+from trainer.features import Prepared, round_features
+
+MAX_ANSWER_TOKENS = 160  # the authors' max_txt_len: an answer and its end, at most
 
 
 class Objective:
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(
+        self, loaded: LoadedModel, encoder: Any = None, max_answer_tokens: int = MAX_ANSWER_TOKENS
+    ) -> None:
         self.loaded = loaded
+        self.encoder = encoder or TorchEncoder(loaded)  # for images given as pictures
+        self.max_answer_tokens = max_answer_tokens
         self.model = loaded.model
         self.processor = loaded.processor
         self.tokenizer = loaded.processor.tokenizer
@@ -36,18 +49,29 @@ class Objective:
         emotion = fmt.parts("emotion")
         self.emotion_suffix = fmt.suffix_ids(emotion)
         self.label_ids = [fmt.answer_ids(emotion, prompts.label_text(e)) for e in EMOTIONS]
-        self._cache: dict[int, Any] = {}
 
     def answer_ids(self, sample: Sample) -> tuple[list[int], list[int]]:
         """(suffix ids, answer ids + end) for a text sample; the end is the format's
-        (end of turn, or MiniGPT-4's `###`)."""
+        (end of turn, or MiniGPT-4's `###`). At most max_answer_tokens answer ids: a
+        longer answer is cut, as the authors' max_txt_len cuts it (end included)."""
         parts = self.format.parts(sample.field, sample.dominant or None)
         answer = sample.text.strip()
         if sample.field == "explanation":
-            lead = prompts.answer_lead("explanation", sample.dominant)
-            if answer.startswith(lead):
-                answer = answer[len(lead) :].strip()
-        return self.format.suffix_ids(parts), self.format.target_ids(parts, answer)
+            answer = without_lead(answer)  # the prompt ends with the lead already
+        target = self.format.target_ids(parts, answer)
+        return self.format.suffix_ids(parts), target[: self.max_answer_tokens]
+
+    def prepare(self, images: list[Any]) -> list[Prepared]:
+        """Pictures -> Prepared (prefix and float16 frozen features), as the stream does."""
+        out = []
+        for image in images:
+            if isinstance(image, Prepared):
+                out.append(image)
+                continue
+            enc = self.format.encode_prefix(self.prefix, [image])
+            (frozen,) = self.encoder.encode_frozen(enc.pixels)
+            out.append(Prepared(enc.input_ids, enc.image_mask, round_features(frozen)))
+        return out
 
     def loss(
         self, samples: list[Sample], images: list[Any]
@@ -69,30 +93,14 @@ class Objective:
 
     # ---- pieces ---------------------------------------------------------------
 
-    def _encoded(self, image: Any) -> dict[str, Any]:
-        """The processor's output for one image's prefix, computed once per image."""
-        key = id(image)
-        if key not in self._cache:
-            enc = self.format.encode_prefix(self.prefix, [image])
-            self._cache[key] = (image, enc)  # keep the image alive so its id stays unique
-        return self._cache[key][1]
-
     def _prefix_embeds(self, images: list[Any]):
         """Left-padded prefix embeddings with image features (projector gets gradients)."""
-        inner = inner_model(self.model)
-        vision_dtype = next(inner.get_submodule(self.loaded.family.vision).parameters()).dtype
         device = self.loaded.device
         rows = []
-        for image in images:
-            enc = self._encoded(image)
-            pixels = {k: v.to(device) for k, v in enc.pixels.items()}
-            pixels = {
-                k: v.to(vision_dtype) if v.is_floating_point() else v for k, v in pixels.items()
-            }
-            features = inner.get_image_features(**pixels, return_dict=True).pooler_output
-            features = [f.reshape(-1, f.shape[-1]) for f in features]
-            ids = enc.input_ids.to(device)
-            rows.append(inputs.embed_with_images(self.model, ids, enc.image_mask, features)[0])
+        for item in self.prepare(images):
+            features = project_features(self.loaded, [item.frozen])
+            ids = item.input_ids.to(device)
+            rows.append(inputs.embed_with_images(self.model, ids, item.image_mask, features)[0])
         width = max(r.shape[0] for r in rows)
         embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
@@ -101,12 +109,12 @@ class Objective:
             mask[i, width - r.shape[0] :] = 1
         return embeds, mask
 
-    def _forward(self, embeds, mask):
+    def _hidden(self, embeds, mask):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
         )
-        return self.head(out.last_hidden_state).float()
+        return out.last_hidden_state
 
     def _extend(self, embeds, mask, tails: list[list[int]]):
         """Append per-row token tails (right padded) to prefix embeddings."""
@@ -125,25 +133,25 @@ class Objective:
         pieces = [self.answer_ids(s) for s in samples]
         tails = [suffix + answer for suffix, answer in pieces]
         embeds, mask, ids, tail_mask = self._extend(embeds, mask, tails)
-        logits = self._forward(embeds, mask)
+        hidden = self._hidden(embeds, mask)
         start = embeds.shape[1] - ids.shape[1]
-        labels = torch.full_like(ids, -100)
+        rows, cols = [], []
         for r, (suffix, answer) in enumerate(pieces):
-            labels[r, len(suffix) : len(suffix) + len(answer)] = ids[
-                r, len(suffix) : len(suffix) + len(answer)
-            ]
-        # logits at position p predict token p+1
-        pred = logits[:, start - 1 : start - 1 + ids.shape[1]]
-        per_token = torch.nn.functional.cross_entropy(
-            pred.reshape(-1, pred.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        ).view(labels.shape)
+            span = range(len(suffix), len(suffix) + len(answer))
+            rows += [r] * len(span)
+            cols += span
+        rows_t = torch.tensor(rows, device=ids.device)
+        cols_t = torch.tensor(cols, device=ids.device)
+        targets = ids[rows_t, cols_t]
+        # The hidden state at position p predicts token p+1: the head runs on the answer
+        # positions only (a (tokens x vocabulary) product, not (batch x length x vocabulary)).
+        logits = self.head(hidden[rows_t, start - 1 + cols_t]).float()
+        per_token = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         # Mean over each answer's tokens, then over samples: a long description weighs
         # as much as a short alt text, and the loss does not depend on the batching.
-        counts = (labels != -100).sum(-1).clamp(min=1)
-        return (per_token.sum(-1) / counts).mean()
+        sums = torch.zeros(len(pieces), device=ids.device).index_add(0, rows_t, per_token)
+        counts = torch.tensor([len(a) for _, a in pieces], device=ids.device).clamp(min=1)
+        return (sums / counts).mean()
 
     def emotion_scores(self, images: list[Any]) -> torch.Tensor:
         """(B, 9) label log-likelihoods, with gradients."""
@@ -152,17 +160,33 @@ class Objective:
         embeds, mask = embeds.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         tails = [self.emotion_suffix + self.label_ids[k] for _ in images for k in range(n)]
         embeds, mask, ids, _ = self._extend(embeds, mask, tails)
-        logp = torch.log_softmax(self._forward(embeds, mask), dim=-1)
+        hidden = self._hidden(embeds, mask)
         start = embeds.shape[1] - ids.shape[1]
-        scores = []
+        first = len(self.emotion_suffix)
+        rows, cols = [], []
         for r in range(len(tails)):
-            k = r % n
-            first = len(self.emotion_suffix)
-            positions = torch.arange(first, first + len(self.label_ids[k]), device=ids.device)
-            scores.append(logp[r, start - 1 + positions, ids[r, positions]].sum())
-        return torch.stack(scores).view(len(images), n)
+            span = range(first, first + len(self.label_ids[r % n]))
+            rows += [r] * len(span)
+            cols += span
+        rows_t = torch.tensor(rows, device=ids.device)
+        cols_t = torch.tensor(cols, device=ids.device)
+        logp = torch.log_softmax(self.head(hidden[rows_t, start - 1 + cols_t]).float(), dim=-1)
+        picked = logp.gather(-1, ids[rows_t, cols_t].unsqueeze(-1)).squeeze(-1)
+        scores = torch.zeros(len(tails), device=ids.device).index_add(0, rows_t, picked)
+        return scores.view(len(images), n)
 
     def emotion_loss(self, samples: list[Sample], images: list[Any]) -> torch.Tensor:
         target = torch.tensor([s.emotions for s in samples], device=self.loaded.device)
         scores = self.emotion_scores(images)
         return -(target * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
+
+
+def without_lead(text: str) -> str:
+    """An explanation without its "It makes me feel X because" lead, whichever emotion it
+    names (a lead never comes twice: not in a target, not in a score)."""
+    text = text.strip()
+    for emotion in EMOTIONS:
+        lead = prompts.answer_lead("explanation", emotion)
+        if text.lower().startswith(lead.lower()):
+            return text[len(lead) :].strip()
+    return text

@@ -49,7 +49,7 @@ from artnote import __version__
 from artnote.errors import ArtnoteError, ConfigError, ModelError
 from artnote.model.encoder_paths import encoder_extra, frozen_path, project, torch_frozen
 from artnote.model.encoder_paths import encoder_modules as _encoder_modules
-from artnote.model.families import inner_model
+from artnote.model.families import inner_model, projector
 from artnote.model.int8 import ensure_int8
 from artnote.model.load import LoadedModel
 
@@ -126,6 +126,9 @@ def project_features(loaded: LoadedModel, frozen: list[Any]) -> list[Any]:
         return []
     import torch
 
+    proj = projector(loaded.model, loaded.family)
+    weight = next(p for p in proj.parameters() if p.is_floating_point())
+    frozen = [f.to(weight.device, weight.dtype) for f in frozen]  # before cat (autocast)
     shapes = [f.shape[0] if loaded.family.tiled else 1 for f in frozen]
     rows = torch.cat([f if loaded.family.tiled else f[None] for f in frozen])
     out = project(loaded, rows).to(loaded.dtype)
