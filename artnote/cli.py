@@ -13,6 +13,9 @@ import typer
 from typer.core import TyperGroup
 
 from artnote.cli_options import CatalogOpt, ConfigOpt, JsonOpt, ModelOpt
+from artnote.cli_options import echo_err as _err
+from artnote.cli_options import open_catalog_for as _open_catalog
+from artnote.cli_options import settings_for as _settings
 from artnote.errors import ArtnoteError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 1, 2, 3
@@ -65,23 +68,6 @@ def _main(
     """Describe museum image collections with an adapter-enhanced vision-language model."""
 
 
-def _settings(config: Path | None, **sections):
-    from artnote.config import load_settings
-
-    return load_settings(config, overrides=sections)
-
-
-def _err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def _open_catalog(settings, *, create: bool = False):
-    """The catalog; only commands that bring images in (scan, import) may create it."""
-    from artnote.catalog import open_catalog
-
-    return open_catalog(settings.catalog.url, create=create)
-
-
 @app.command()
 def scan(
     folder: Annotated[
@@ -118,6 +104,31 @@ def scan(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            metavar="local|ray",
+            help="local: this process; ray: Ray Data actors, on this machine or a cluster "
+            '(pip install -e ".[ray]").',
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR|auto",
+            help="With --engine ray: the cluster to join (auto: the one `ray start` made "
+            "here); none: a Ray of this machine, started for this scan.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(metavar="N", min=1, help="With --engine ray: model actors.")
+    ] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option(metavar="G", min=0, help="With --engine ray: GPUs per actor.")
+    ] = 0.0,
+    cpus_per_worker: Annotated[
+        float, typer.Option(metavar="C", min=0.01, help="With --engine ray: CPUs per actor.")
+    ] = 1.0,
     config: ConfigOpt = None,
 ) -> None:
     """Annotate every new or changed image under FOLDER, or one image file (incremental and
@@ -142,6 +153,16 @@ def scan(
     # that fails before its first image leaves no catalog behind.
     check_scan_target(folder, settings.scan.extensions)
     catalog_url(settings.catalog.url)  # a folder, or a file in a folder that is not there
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("must be local or ray", param_hint="--engine")
+    if engine == "local" and ray_address is not None:
+        raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
+    options = None
+    if engine == "ray":
+        from artnote.ray_engine import RayOptions, check_ray
+
+        options = RayOptions(ray_address, workers, gpus_per_worker, cpus_per_worker, 0)
+        check_ray(options, settings.catalog.url)
     check_model_available(settings.model)
     choice = settings.model.adapter
     registered = bool(choice) and not Path(choice).expanduser().is_dir()  # a name, or latest
@@ -156,11 +177,17 @@ def scan(
             _err(f"loading {settings.model.name} ...")
         return load_annotator(settings, adapter_dir, adapter_name)
 
+    ray = None
+    if options is not None:
+        from artnote.ray_engine import RayEngine
+
+        ray = RayEngine(options, adapter_dir, adapter_name)
     summary = run_scan(
         folder,
         settings,
         cat,
         AnnotatorFactory(make),
+        engine=ray,
         model_name=settings.model.name,
         adapter=adapter_name,
         adapter_hash=adapter_hash,
@@ -270,173 +297,6 @@ def search(
         _err("no matches")
 
 
-ByOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--by",
-        metavar="NAME",
-        help="Who made the change, kept with it (default: $USER).",
-        envvar="ARTNOTE_BY",
-    ),
-]
-
-
-def _by(by: str | None) -> str | None:
-    return by or os.environ.get("USER") or None
-
-
-@app.command()
-def correct(
-    image: Annotated[
-        str,
-        typer.Argument(metavar="IMAGE", help="Image: exported path, numeric id, or sha256 prefix."),
-    ],
-    alt_text: Annotated[
-        str | None,
-        typer.Option(
-            metavar="TEXT", help="Corrected alt text (aim for 125 characters, at most 250)."
-        ),
-    ] = None,
-    description: Annotated[
-        str | None, typer.Option(metavar="TEXT", help="Corrected description.")
-    ] = None,
-    emotion: Annotated[
-        str | None,
-        typer.Option(metavar="EMOTION", help="Corrected dominant emotion (one of the nine)."),
-    ] = None,
-    explanation: Annotated[
-        str | None, typer.Option(metavar="TEXT", help="Corrected explanation.")
-    ] = None,
-    by: ByOpt = None,
-    catalog: CatalogOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Correct fields of one image's annotation (kept as a revision; nothing is overwritten)."""
-    from artnote.corrections import correct as add_corrections
-    from artnote.corrections import stale_explanation
-
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    values = {
-        "alt_text": alt_text,
-        "description": description,
-        "emotion": emotion,
-        "explanation": explanation,
-    }
-    count = add_corrections(cat, image, values, _by(by))
-    _err(f"recorded {count} correction{'s' if count != 1 else ''}")
-    if stale := stale_explanation(cat, image):
-        _err(
-            f"note: the explanation was written for {stale.written_for}, the emotion is now "
-            f"{stale.emotion}; an approval will not approve it until you correct it "
-            "(--explanation; the same text keeps it)"
-        )
-
-
-@app.command()
-def approve(
-    images: Annotated[
-        list[str],
-        typer.Argument(metavar="IMAGE...", help="Images: exported paths, ids, or sha256 prefixes."),
-    ],
-    by: ByOpt = None,
-    catalog: CatalogOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Approve the current annotation of each image, as it stands (with corrections)."""
-    import shlex
-
-    from artnote.corrections import approve as add_approvals
-
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    report = add_approvals(cat, images, _by(by))
-    _err(f"approved {report.approved} image{'s' if report.approved != 1 else ''}")
-    for ref, stale in report.held_back:
-        _err(
-            f"{ref}: explanation not approved: written for {stale.written_for}, emotion is now "
-            f"{stale.emotion}; correct it (`artnote correct {shlex.quote(ref)} --explanation "
-            "TEXT`, the same text to approve it as it is)"
-        )
-
-
-corrections_app = typer.Typer(
-    cls=_Group, help="Bring curators' corrections back.", no_args_is_help=True
-)
-app.add_typer(corrections_app, name="corrections")
-
-
-@corrections_app.command("import")
-def corrections_import(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE",
-            help="A CSV from `artnote export csv`, edited (comma, semicolon or tab; UTF-8 or "
-            "UTF-16).",
-        ),
-    ],
-    by: ByOpt = None,
-    skip_bad: Annotated[
-        bool, typer.Option(help="Import the good rows even if some are bad.")
-    ] = False,
-    catalog: CatalogOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Import the cells that differ from the catalog as corrections (all or nothing)."""
-    from artnote.corrections import import_csv
-
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    report = import_csv(cat, file, _by(by), skip_bad=skip_bad)
-    for line, reason in report.bad:
-        _err(f"{file}:{line}: {reason}")
-    if not report.imported:
-        _err(f"nothing imported: {len(report.bad)} bad row(s); fix them or use --skip-bad")
-        raise typer.Exit(EXIT_ERROR)
-    _err(
-        f"imported {report.corrections} corrections and {report.approvals} approvals from "
-        f"{report.rows} rows ({report.unchanged_rows} unchanged"
-        + (f", {len(report.bad)} bad skipped)" if report.bad else ")")
-    )
-    for line, stale in report.held_back:
-        _err(
-            f"{file}:{line}: explanation not approved: written for {stale.written_for}, "
-            f"emotion is now {stale.emotion}; correct it in the explanation column"
-        )
-
-
-import_app = typer.Typer(
-    cls=_Group, help="Import curated annotations from elsewhere.", no_args_is_help=True
-)
-app.add_typer(import_app, name="import")
-
-
-@import_app.command("artemis")
-def import_artemis_cmd(
-    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="ArtEmis release CSV.")],
-    images: Annotated[
-        Path, typer.Option(metavar="DIR", help="Folder with art_style/painting.jpg images.")
-    ],
-    catalog: CatalogOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Import ArtEmis emotions and explanations as curated annotations."""
-    from artnote.artemis import import_artemis
-
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}), create=True)
-    report = import_artemis(cat, csv_file, images)
-    _err(
-        f"{report.paintings} paintings, {report.utterances} utterances: "
-        f"imported {report.imported}, {report.unchanged} unchanged, "
-        f"{len(report.missing)} images missing, {report.references} new reference texts"
-        + (
-            f", {report.skipped_rows} rows with an unknown emotion skipped"
-            if report.skipped_rows
-            else ""
-        )
-    )
-    for path in report.missing[:10]:
-        _err(f"  missing: {path}")
-
-
 adapters_app = typer.Typer(cls=_Group, help="Fine-tuned adapters.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
@@ -507,9 +367,11 @@ def catalog_check(
     raise typer.Exit(0 if report.ok else EXIT_ERROR)
 
 
-# The `models` group and `selftest`: artnote/cli_models.py.
-from artnote import cli_models  # noqa: E402  (its commands need app and models_app)
+# correct, approve, corrections import, import artemis: artnote/cli_review.py; the
+# `models` group and `selftest`: artnote/cli_models.py.
+from artnote import cli_models, cli_review  # noqa: E402  (their commands need app)
 
+cli_review.register(app, _Group)
 cli_models.register(app, models_app)
 
 

@@ -54,3 +54,21 @@ ConfigOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def settings_for(config: Path | None, **sections):
+    """Settings from the config file and environment, with the flags given on top."""
+    from artnote.config import load_settings
+
+    return load_settings(config, overrides=sections)
+
+
+def echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def open_catalog_for(settings, *, create: bool = False):
+    """The catalog; only commands that bring images in (scan, import) may create it."""
+    from artnote.catalog import open_catalog
+
+    return open_catalog(settings.catalog.url, create=create)

@@ -14,7 +14,6 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
@@ -27,8 +26,8 @@ from artnote.catalog.catalog import hidden_by
 from artnote.catalog.queries import image_path
 from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
+from artnote.decoding import CHANGED, Decoder
 from artnote.errors import AdapterError, ArtnoteError, ImageError
-from artnote.images import decode_image
 from artnote.progress import Progress, ProgressFactory, Silent, open_progress
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,7 @@ def scan(
     reannotate: bool = False,
     limit: int | None = None,
     progress: bool | ProgressFactory = False,
+    engine: Callable[..., None] | None = None,
 ) -> ScanSummary:
     """Annotate what is new or changed in the folder `root`, or the one image file `root`.
 
@@ -139,7 +139,8 @@ def scan(
     its folder; then nothing but that file is looked at, and nothing else is marked
     missing. `progress`: True for a bar on a terminal, else lines (artnote.progress),
     on stderr; or a factory, total -> reporter. The path is checked before anything is
-    written to the catalog.
+    written to the catalog. `engine`: what annotates the pending images instead of this
+    process (artnote.ray_engine.RayEngine; called as _annotate is, without the factory).
     """
     target = check_scan_target(root, settings.scan.extensions)
     target = discover.in_collection(target, catalog.collection_roots())
@@ -173,9 +174,11 @@ def scan(
         if pending:
             walk.touched = True
             fresh_only = not (force or reannotate)
-            _annotate(
-                pending, settings, catalog, annotator, run_id, summary, progress, fresh_only, fed
-            )
+            if engine is None:
+                args = (run_id, summary, progress, fresh_only, fed)
+                _annotate(pending, settings, catalog, annotator, *args)
+            else:
+                engine(pending, settings, catalog, run_id, summary, progress, fresh_only, fed)
     except KeyboardInterrupt:
         summary.outcome = "interrupted"
     except BaseException:
@@ -329,8 +332,8 @@ def _annotate(
     annotator = factory.get()
     batch_size = settings.scan.batch_size or (32 if str(annotator.loaded.device) == "cuda" else 8)
     target = getattr(annotator, "input_size", None)
-    bar = _reporter(progress, len(pending))
-    decode = _Decoder(settings.scan.max_pixels, target, settings.scan.decode_workers)
+    bar = reporter(progress, len(pending))
+    decode = Decoder(settings.scan.max_pixels, target, settings.scan.decode_workers)
     stages = summary.stages
     try:
         batches = decode.batches(pending, batch_size)
@@ -362,14 +365,14 @@ def _annotate(
                         result.width, result.height, result.format, result.mode
                     )
             tick = time.perf_counter()
-            annotations, model_failures = _run_model(annotator, good)
+            annotations, model_failures = run_model(annotator, good)
             stages["model"] += time.perf_counter() - tick
             failures += model_failures
             tick = time.perf_counter()
-            catalog.record_failures(failures, of_content=of_content)
-            stored = catalog.add_annotations(run_id, annotations, meta=meta, only_new=fresh_only)
+            record_batch(
+                catalog, run_id, summary, annotations, failures, of_content, meta, fresh_only
+            )
             stages["catalog"] += time.perf_counter() - tick
-            summary.annotated += len(stored)
             annotated_ids = {image_id for image_id, _ in annotations}
             fed.update(item.sha256 for item in batch if item.image_id in annotated_ids)
             bar.update(len(batch))
@@ -380,7 +383,17 @@ def _annotate(
             stages[f"model.{name}"] = seconds
 
 
-def _run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+def record_batch(
+    catalog, run_id, summary, annotations, failures, of_content, meta, fresh_only
+) -> None:
+    """One batch's results into the catalog, as every engine writes them: failures with
+    their reasons, then the annotations (only_new for a fresh scan: never a duplicate)."""
+    catalog.record_failures(failures, of_content=of_content)
+    stored = catalog.add_annotations(run_id, annotations, meta=meta, only_new=fresh_only)
+    summary.annotated += len(stored)
+
+
+def run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
     """Annotate a batch; if the batch fails, retry one by one so one bad image costs only itself."""
     if not good:
         return [], []
@@ -393,78 +406,10 @@ def _run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, 
         log.warning("batch failed (%s); retrying its images one by one", _first(exc))
     done, failed = [], []
     for pair in good:
-        a, f = _run_model(annotator, [pair])
+        a, f = run_model(annotator, [pair])
         done += a
         failed += f
     return done, failed
-
-
-class _Decoder:
-    """Decodes ahead of the model in worker threads and groups images of like shape.
-
-    It works on windows of BUCKET_WINDOW batches: while the model runs on one
-    window's batches, the next window decodes. Inside a window, images are
-    sorted by aspect ratio before being cut into batches, so images that the
-    processor splits into the same number of tiles (the same prompt length)
-    share a batch and left padding is small. Memory stays O(window).
-    """
-
-    def __init__(self, max_pixels: int, target: int | None, workers: int) -> None:
-        self.max_pixels, self.target = max_pixels, target
-        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="artnote-decode")
-
-    def _submit(self, window: list[PendingImage]) -> list[Future]:
-        return [self.pool.submit(self._one, p) for p in window]
-
-    def _one(self, item: PendingImage) -> Any:
-        try:
-            if not _unchanged(item):
-                return CHANGED
-            decoded = decode_image(
-                Path(item.path), max_pixels=self.max_pixels, target_size=self.target
-            )
-            # Rewritten while we read it? Its pixels may not be the content that was hashed.
-            return decoded if _unchanged(item) else CHANGED
-        except ImageError as exc:
-            return exc
-
-    def batches(self, pending: list[PendingImage], size: int) -> Iterator[tuple[list, list]]:
-        windows = list(_chunks(pending, size * BUCKET_WINDOW))
-        ahead = self._submit(windows[0]) if windows else []
-        for i, window in enumerate(windows):
-            current = ahead
-            ahead = self._submit(windows[i + 1]) if i + 1 < len(windows) else []
-            results = [f.result() for f in current]
-            order = sorted(range(len(window)), key=lambda k: _shape_key(results[k]))
-            for group in _chunks(order, size):
-                yield [window[k] for k in group], [results[k] for k in group]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-# A file rewritten after it was hashed: its pixels are not the hashed content, so it is
-# left pending; the next scan sees the new size/mtime, hashes it again and annotates it.
-CHANGED = object()
-
-
-def _unchanged(item: PendingImage) -> bool:
-    if item.size < 0:
-        return True
-    try:
-        st = os.stat(item.path)
-    except OSError:
-        return True  # let the decoder report the reason
-    return (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
-
-
-BUCKET_WINDOW = 2  # batches decoded and sorted together (two windows are in memory)
-
-
-def _shape_key(result: Any) -> float:
-    if isinstance(result, ImageError) or result is CHANGED:
-        return -1.0
-    return round(result.image.width / max(1, result.image.height), 1)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -483,7 +428,7 @@ def _chunks_of(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _reporter(progress: bool | ProgressFactory, total: int) -> Progress:
+def reporter(progress: bool | ProgressFactory, total: int) -> Progress:
     if callable(progress):
         return progress(total)
     return open_progress(total) if progress else Silent()

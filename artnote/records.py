@@ -46,3 +46,10 @@ class Annotation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def annotation_from_dict(data: dict[str, Any]) -> Annotation:
+    """The inverse of Annotation.to_dict (an annotation sent between processes as JSON)."""
+    values = dict(data)
+    values["provenance"] = Provenance(**values["provenance"])
+    return Annotation(**values)

@@ -268,7 +268,7 @@ def test_ci_runs_the_readme_install_and_test_lines_as_written():
     readme = (ROOT / "README.md").read_text()
     install, test = readme_line("Set up"), readme_line("Test")
     assert install == "pip install -e ."
-    assert test == 'pip install -e ".[test]" && python -m pytest -q'
+    assert test == 'pip install -e ".[test,ray]" && python -m pytest -q'
     for line in (install, test):
         assert f"\n{line}" in readme  # as written there
     run = (ROOT / ".ci" / "run").read_text()

@@ -239,8 +239,10 @@ def eval_command(
     model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a model (and adapter) on curated images, as scanning would annotate them:
-    BLEU-1..4, METEOR, ROUGE-L, CIDEr-D per field, emotion accuracy and KL."""
+    """Score a model (and adapter) on curated images, annotated as a scan would annotate them.
+
+    BLEU-1..4, METEOR, ROUGE-L and CIDEr-D per field, emotion accuracy and KL; with
+    --split val, the numbers the adapter's last validation wrote to its metrics.json."""
     import json
 
     from artnote.catalog import open_catalog
