@@ -217,6 +217,30 @@ def test_norm_gains_learn_on_a_bf16_base_at_a_small_learning_rate(tiny_models, a
     assert all(torch.isfinite(torch.tensor(result.losses)))
 
 
+@pytest.mark.parametrize("quantization", ("8bit", "4bit"))
+def test_a_quantized_base_trains_float32_masters_on_a_gpu(
+    tiny_models, art_paths, tmp_path, quantization
+):
+    """The bitsandbytes path: the one kind of test that skips under CI (no CI GPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (bitsandbytes quantization is CUDA only)")
+    pytest.importorskip("bitsandbytes")
+    settings = _settings(tiny_models["llava"])
+    settings.model.device, settings.model.quantization = "cuda", quantization
+    hp = Hyperparameters(epochs=3, lr=1e-5, batch_size=2, warmup_fraction=0.0)
+    result = finetune(_curated(art_paths, 2), settings, hp, tmp_path / "q", progress=False)
+    saved = load_file(str(result.final_dir / "adapter.safetensors"))
+    gains = {k: v for k, v in saved.items() if "post_attention_layernorm" in k}
+    assert gains and all(v.dtype == torch.float32 for v in gains.values())
+    from artnote.config import ModelSettings
+    from artnote.model.load import load_model
+
+    base = load_model(ModelSettings(name=str(tiny_models["llava"]), device="cpu"))
+    start = {k: p.detach().float() for k, p in base.model.named_parameters()}
+    assert any(float((v - start[k]).abs().max()) > 1e-6 for k, v in gains.items() if k in start)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
 @pytest.mark.parametrize("family", ("llava", "smolvlm", "artgpt4"))
 def test_training_features_are_the_scanners(
     tiny_models, art_paths, onnx_cache, monkeypatch, family
