@@ -87,3 +87,35 @@ def test_roofline_arithmetic():
         bytes_per_s=1e9,
     )
     assert got == pytest.approx(4100 / 1e12 + 4 * (1000 + 2 * 2 * 26) / 1e9 / 2)
+
+
+@pytest.mark.slow
+def test_ray_bench_smoke_reports_both_engines(tmp_path, art_paths):
+    out = tmp_path / "ray.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "ray_bench.py"),
+            "--shape",
+            "tiny",
+            "--images",
+            "6",
+            "--tokens",
+            "2",
+            "--batch-size",
+            "2",
+            "--json",
+            str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "steady state, ray / local:" in proc.stdout
+    result = json.loads(out.read_text())
+    for engine in ("local", "ray"):
+        assert result[engine]["annotated"] == 6
+        assert result[engine]["steady_images_per_s"] > 0
+    assert result["ray"]["ray_init_s"] > 0 and result["steady_ratio_ray_over_local"] > 0
