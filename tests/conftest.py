@@ -150,3 +150,22 @@ def catalog_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "catalog.db")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A real headless Chromium (Debian's `chromium`, driven by Playwright: its own browser
+    download is not reachable here). Skips without it, except under CI=true."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -e '.[test]')")
+    executable = os.environ.get("ARTNOTE_CHROMIUM") or shutil.which("chromium")
+    if executable is None:
+        unavailable("no chromium on this machine (Debian: apt-get install chromium)")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield instance
+        instance.close()
