@@ -32,11 +32,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from artnote.config import Settings
+from artnote.config import CatalogSettings, Settings
 from artnote.errors import ArtnoteError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class RayEngine:
             batch_size=batch,
             compute=ActorPoolStrategy(size=self.options.workers),
             fn_constructor_kwargs={
-                "settings": settings,
+                # The catalog URL (it may hold a password) stays with the driver.
+                "settings": replace(settings, catalog=CatalogSettings(url="")),
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
                 "adapter_name": self.adapter_name,
             },

@@ -165,6 +165,16 @@ def test_frozen_features_projected_equal_the_whole_path(
         tolerance = 0.0 if encoder is reference else 1e-4
         for g, w in zip(got, want, strict=True):
             assert g.shape == w.shape and float((g - w).abs().max()) <= tolerance
+    # A model in training mode (fine-tuning) gets the same frozen features: no dropout
+    # (BLIP-2's Q-Former has 0.1), and the model's own mode is left as it was.
+    loaded.model.train()
+    trained = reference.encode_frozen(pixels)
+    assert loaded.model.training and all(m.training for m in loaded.model.modules())
+    for t, f in zip(trained, reference.encode_frozen(pixels), strict=True):
+        assert torch.equal(t, f)
+    loaded.model.eval()
+    for t, f in zip(trained, reference.encode_frozen(pixels), strict=True):
+        assert torch.equal(t, f)
 
 
 def test_a_failed_export_leaves_nothing_trusted(tiny_models, monkeypatch, caplog):

@@ -332,7 +332,8 @@ def test_ctrl_c_keeps_what_was_committed_and_the_next_scan_resumes(
 
 def test_a_file_rewritten_after_hashing_is_left_for_the_next_scan(tmp_path, art_paths):
     from artnote.catalog.rows import PendingImage
-    from artnote.decoding import CHANGED, Decoder as _Decoder
+    from artnote.decoding import CHANGED
+    from artnote.decoding import Decoder as _Decoder
 
     path = tmp_path / "a.jpg"
     shutil.copy(art_paths[0], path)

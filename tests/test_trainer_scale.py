@@ -3,6 +3,7 @@ bf16 base, the scanner's features, the schedule and the answer cap."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -34,11 +35,15 @@ def _settings(model_dir, encoder: str = "torch", cache_gb: float = 20.0) -> Sett
     return s
 
 
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _curated(art_paths, n: int) -> list[CuratedImage]:
     return [
         CuratedImage(
             str(art_paths[i]),
-            f"{i:064x}",
+            _sha(art_paths[i]),
             description=f"Painting number {i} with a sea.",
             emotions={EMOTIONS[i % len(EMOTIONS)]: 1.0},
         )
@@ -200,8 +205,14 @@ def test_norm_gains_learn_on_a_bf16_base_at_a_small_learning_rate(tiny_models, a
 
     settings = _settings(tiny_models["smolvlm"])
     settings.model.dtype = "bfloat16"
+    settings.generation.alt_text_tokens = settings.generation.description_tokens = 4
+    settings.generation.explanation_tokens = 4
     hp = Hyperparameters(epochs=3, lr=1e-5, batch_size=2, warmup_fraction=0.0)
-    result = finetune(_curated(art_paths, 2), settings, hp, tmp_path / "bf16", progress=False)
+    # 5 images: one is held out, so validation (the scanner's path, float32 masters on a
+    # bf16 base) runs each epoch too
+    result = finetune(_curated(art_paths, 5), settings, hp, tmp_path / "bf16", progress=False)
+    assert result.metrics["epoch"] == 3 and result.metrics["images"] == 1
+    assert all(torch.isfinite(torch.tensor(result.metrics["val_loss"])) for _ in [0])
     saved = load_file(str(result.final_dir / "adapter.safetensors"))
     gains = {k: v for k, v in saved.items() if "post_attention_layernorm" in k}
     assert gains and all(v.dtype == torch.float32 for v in gains.values())
@@ -256,7 +267,7 @@ def test_training_features_are_the_scanners(
     loaded = load_model(ModelSettings(name=str(tiny_models[family]), device="cpu"))
     ctx = make_context(loaded, settings, 160)
     assert ctx.encoder.name in ("onnx-int8", "onnx")
-    sample = Sample(str(art_paths[0]), "f" * 64, "alt_text", text="A painting.")
+    sample = Sample(str(art_paths[0]), _sha(art_paths[0]), "alt_text", text="A painting.")
     ((_, (prepared,)),) = list(ctx.stream.batches([sample], [[0]]))
     with torch.no_grad():
         (trained,) = project_features(loaded, [prepared.frozen])
@@ -318,3 +329,25 @@ def test_metrics_history_and_plot_are_kept(tiny_models, art_paths, tmp_path):
     png = result.final_dir / "metrics.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert samples_from(curated)  # sanity: the run had samples
+
+
+def test_an_image_deleted_or_replaced_since_curation_is_left_out(tiny_models, art_paths, tmp_path):
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    copies = [shutil.copy2(p, folder / p.name) for p in art_paths[:3]]
+    curated = _curated(copies, 3)
+    Path(copies[0]).unlink()  # deleted since it was curated
+    shutil.copy2(art_paths[5], copies[1])  # replaced by another picture: another sha256
+    hp = Hyperparameters(epochs=1, lr=5e-3, batch_size=2)
+    settings = _settings(tiny_models["smolvlm"])
+    result = finetune(curated, settings, hp, tmp_path / "run", progress=False)
+    assert set(result.left_out_images) == {curated[0].sha256, curated[1].sha256}
+    assert "changed since it was curated" in result.left_out_images[curated[1].sha256]
+    assert result.encoded == 1 and result.losses  # the third image trained
+    from trainer.context import make_context  # noqa: F401 (the cache holds only that image)
+    from trainer.features import _files
+
+    cached = [p.stem for _, _, p in _files(tmp_path / "cache" / "features")]
+    assert cached == [curated[2].sha256]

@@ -179,6 +179,8 @@ def finetune(
         f"saved to {result.final_dir}",
         err=True,
     )
+    for sha, why in sorted(result.left_out_images.items()):
+        typer.echo(f"left out (image {sha[:12]}): {why}", err=True)
     if result.left_out:
         typer.echo(
             f"{result.left_out} image(s) curated since this run started were left out of it "

@@ -25,7 +25,7 @@ def run_eval(
     from artnote.model.adapters import load_adapter, read_adapter_config
     from artnote.model.load import load_model
     from artnote.pipeline import resolve_adapter
-    from trainer.context import make_context
+    from trainer.context import float32_masters, make_context
     from trainer.hyperparameters import Hyperparameters
     from trainer.validation import evaluate
 
@@ -49,6 +49,8 @@ def run_eval(
     loaded = load_model(settings.model)
     if folder is not None:
         load_adapter(loaded.model, folder, family=loaded.family, base_model=loaded.name)
+        # As finetune validated: the adapter's float32 values, the forward in autocast.
+        float32_masters(loaded, folder)
     ctx = make_context(loaded, settings, max_answer)
     metrics = evaluate(
         chosen,
@@ -58,6 +60,7 @@ def run_eval(
         decode=ctx.decode,
         batch_size=size,
         generate=True,
+        autocast=ctx.autocast,
     )
     return {"model": loaded.name, "adapter": name, "split": split, **metrics}
 

@@ -61,6 +61,11 @@ def cache_key(loaded: Any, encoder: Any, prefix: str, max_pixels: int) -> str:
         # the ONNX file that runs (its int8 variant) and the frozen weights it was made from
         "session": Path(str(getattr(encoder, "session_path", ""))).name,
         "fingerprint": getattr(encoder, "fingerprint", None),
+        # the precision it computes in: an fp16 CUDA export and the CPU's float32 one share
+        # a file name and fingerprint; the torch encoder runs in the model's dtype
+        "export_dtype": str(getattr(encoder, "export_dtype", None)),
+        "dtype": str(loaded.dtype),
+        "device": loaded.device.type,
         "processor": processor.to_dict() if hasattr(processor, "to_dict") else repr(processor),
         "prefix": prefix,
         "max_pixels": max_pixels,
@@ -144,6 +149,11 @@ class FeatureCache:
     def evict(self) -> int:
         """Delete the least recently used files (any key) until under the cap; bytes freed."""
         self._written = 0
+        day_ago = time.time() - 86400
+        for tmp in self.root.glob("*/*/.tmp-*"):  # left by a write that was killed
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < day_ago:
+                    tmp.unlink()
         files = sorted(_files(self.root))  # oldest first
         total = sum(size for _, size, _ in files)
         freed = 0

@@ -6,7 +6,6 @@ adapters, the layer norms of the trainable set and the projector learn.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 import time
@@ -24,12 +23,11 @@ from artnote.model.adapters import (
     attach_adapters,
     count_trainable,
     load_adapter,
-    mark_trainable,
     read_adapter_config,
 )
 from artnote.model.load import LoadedModel, load_model
 from trainer import checkpoint, history
-from trainer.context import RunContext, make_context
+from trainer.context import RunContext, float32_masters, make_context
 from trainer.data import (
     CuratedImage,
     Sample,
@@ -64,6 +62,7 @@ class FinetuneResult:
     left_out: int = 0  # images curated after a resumed run started: for the next run
     encoded: int = 0  # images the frozen encoder ran on (the rest came from the feature cache)
     peak_decoded: int = 0  # most decoded images alive in the training process at once
+    left_out_images: dict[str, str] = field(default_factory=dict)  # sha256 -> unreadable why
 
 
 class _Stop(Exception):
@@ -106,8 +105,7 @@ def finetune(
         load_adapter(loaded.model, from_adapter, family=loaded.family, base_model=loaded.name)
     else:
         attach_adapters(loaded.model, reduction=hp.reduction)
-    mark_trainable(loaded.model, loaded.family)
-    trainable = float32_masters(loaded)
+    trainable = float32_masters(loaded, from_adapter)
     ctx = make_context(loaded, settings, hp.max_answer_tokens, load_image)
     optimizer = _optimizer(trainable, hp, loaded)
     per_epoch = -(-len(train) // (hp.batch_size * hp.grad_accum))
@@ -117,9 +115,9 @@ def finetune(
     if last is not None:
         load_adapter(loaded.model, last, family=loaded.family, base_model=loaded.name)
         checkpoint.load_optimizer_state(last, loaded, optimizer)
-        state = checkpoint.read_state(last)
-        step, metrics, losses = state["step"], state.get("metrics", {}), state.get("losses", [])
-        epochs = list(state.get("history", []))
+        resumed = checkpoint.read_state(last)
+        step, metrics = resumed["step"], resumed.get("metrics", {})
+        losses, epochs = resumed.get("losses", []), list(resumed.get("history", []))
 
     def save(folder: str) -> Path:
         state = {
@@ -131,6 +129,7 @@ def finetune(
             "hyperparameters": asdict(hp),
             "split": split.to_json(),
             "training_samples": {"count": len(train), "digest": sample_digest(train)},
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
         path = checkpoint.save_checkpoint(
             out_dir / folder,
@@ -145,7 +144,9 @@ def finetune(
         return path
 
     bars = _Bars(hp.epochs, total_steps, step, per_epoch, progress)
-    autocast, scaler = _precision(loaded)
+    scaler = _scaler(loaded)
+    if last is not None and scaler.is_enabled() and resumed.get("scaler"):
+        scaler.load_state_dict(resumed["scaler"])  # the loss scale reached, for an exact resume
     # ---- fit
     loaded.model.train()
     for epoch in range(step // per_epoch, hp.epochs):
@@ -158,21 +159,23 @@ def finetune(
             tick = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             micro = [next(stream) for _ in groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]]
+            micro = [(batch, prepared) for batch, prepared in micro if batch]  # images left out
             seen, step_loss = sum(len(batch) for batch, _ in micro), 0.0
             for batch, prepared in micro:
-                with autocast:
+                with ctx.autocast():
                     loss, _ = ctx.objective.loss(batch, prepared)
                 scaler.scale(loss * len(batch) / seen).backward()
                 step_loss += float(loss.detach()) * len(batch) / seen
             del micro
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
-            for g in optimizer.param_groups:
-                g["lr"] = learning_rate(step, total_steps, hp)
-            scaler.step(optimizer)
-            scaler.update()
+            if seen:  # else every image of the step was left out: the step changes nothing
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
+                for g in optimizer.param_groups:
+                    g["lr"] = learning_rate(step, total_steps, hp)
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(step_loss)
             step += 1
-            losses.append(step_loss)
             bars.step(step_loss, seen / (time.perf_counter() - tick))
             # ---- validate: before a checkpoint that ends the epoch, or a run resumed
             # from that checkpoint would never validate this epoch
@@ -202,6 +205,7 @@ def finetune(
         left_out=left_out,
         encoded=ctx.stream.encoded,
         peak_decoded=ctx.stream.peak_live,
+        left_out_images=dict(ctx.stream.failed),
     )
 
 
@@ -215,22 +219,8 @@ def validate(ctx: RunContext, val: list[Sample], hp: Hyperparameters) -> dict[st
         decode=ctx.decode,
         batch_size=hp.batch_size,
         generate=hp.eval_generate,
+        autocast=ctx.autocast,
     )
-
-
-def float32_masters(loaded: LoadedModel) -> list[torch.nn.Parameter]:
-    """The trainable parameters, held in float32 whatever the base's dtype.
-
-    With a bf16/fp16 (or 8-/4-bit) base, a norm gain near 1.0 has a spacing of 2^-7 in
-    bf16: AdamW's updates at lr 1e-5 would round away and nothing would be learned.
-    Held in float32 they accumulate; the frozen rest stays as loaded, and the forward
-    runs under autocast (_precision).
-    """
-    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
-    for p in trainable:
-        if p.dtype != torch.float32:
-            p.data = p.data.float()
-    return trainable
 
 
 def _resume_point(out_dir: Path, hp: Hyperparameters) -> Path:
@@ -306,19 +296,10 @@ def _optimizer(params, hp: Hyperparameters, loaded: LoadedModel):
     return torch.optim.AdamW(groups, lr=hp.lr)
 
 
-def _precision(loaded: LoadedModel) -> tuple[Any, Any]:
-    """(autocast context, gradient scaler) for the base's dtype: float32 on the CPU runs as
-    it is; bf16/fp16 bases (and CUDA) compute in autocast with float32 masters."""
-    device = loaded.device.type
-    half = loaded.dtype in (torch.bfloat16, torch.float16)
-    fp16_cuda = device == "cuda" and loaded.dtype == torch.float16
-    scaler = torch.amp.GradScaler(device, enabled=fp16_cuda)
-    if device == "cuda":
-        dtype = torch.float16 if loaded.dtype == torch.float16 else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype), scaler
-    if half:
-        return torch.autocast(device, dtype=loaded.dtype), scaler
-    return contextlib.nullcontext(), scaler
+def _scaler(loaded: LoadedModel) -> Any:
+    """A gradient scaler: in use for an fp16 base on CUDA only (bf16 needs none)."""
+    fp16_cuda = loaded.device.type == "cuda" and loaded.dtype == torch.float16
+    return torch.amp.GradScaler(loaded.device.type, enabled=fp16_cuda)
 
 
 class _Bars:

@@ -9,20 +9,36 @@ memory depends on the batch size, not on how many images there are.
 
 `Pending` objects are the decoded images that reach the main process; `LIVE`
 counts them (a test checks that no step keeps more than a batch and the prefetch).
+
+An image that cannot be read, or whose bytes no longer have the content's sha256 (the
+file was replaced since it was curated), is left out of its batch with a warning and
+counted in `failed`; the run goes on, and a resumed run leaves it out the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from artnote.errors import ArtnoteError
 from trainer.data import Sample
 from trainer.errors import TrainerError
 from trainer.features import FeatureCache, Prepared, round_features
 
+log = logging.getLogger(__name__)
+
 LIVE: weakref.WeakSet = weakref.WeakSet()  # Pending objects alive in this process
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A sample's image that could not be prepared, and why."""
+
+    sha256: str
+    reason: str
 
 
 @dataclass(eq=False)
@@ -43,21 +59,25 @@ class _Batches:
         samples: Sequence[Sample],
         groups: Sequence[Sequence[int]],
         cache: FeatureCache,
-        prepare: Callable[[str], tuple[Any, Any, dict[str, Any]]],
+        prepare: Callable[[str, str], tuple[Any, Any, dict[str, Any]]],
     ) -> None:
         self.samples, self.groups, self.cache, self.prepare = samples, groups, cache, prepare
 
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __getitem__(self, i: int) -> list[Prepared | Pending]:
-        out: list[Prepared | Pending] = []
+    def __getitem__(self, i: int) -> list[Prepared | Pending | Failed]:
+        out: list[Prepared | Pending | Failed] = []
         for index in self.groups[i]:
             sample = self.samples[index]
             item = self.cache.get(sample.sha256)
             if item is None:
-                ids, mask, pixels = self.prepare(sample.image_path)
-                item = Pending(sample.sha256, ids, mask, pixels)
+                try:
+                    ids, mask, pixels = self.prepare(sample.image_path, sample.sha256)
+                except (ArtnoteError, OSError) as exc:
+                    item = Failed(sample.sha256, f"{sample.image_path}: {exc}")
+                else:
+                    item = Pending(sample.sha256, ids, mask, pixels)
             out.append(item)
         return out
 
@@ -69,7 +89,7 @@ class ImageStream:
         self,
         cache: FeatureCache,
         encoder: Any,
-        prepare: Callable[[str], tuple[Any, Any, dict[str, Any]]],
+        prepare: Callable[[str, str], tuple[Any, Any, dict[str, Any]]],
         workers: int = 1,
         prefetch: int = 2,
     ) -> None:
@@ -77,6 +97,7 @@ class ImageStream:
         self.workers, self.prefetch = workers, prefetch
         self.encoded = 0  # images run through the frozen encoder (a test counts them)
         self.peak_live = 0  # most decoded images alive in this process at once
+        self.failed: dict[str, str] = {}  # sha256 -> why its image was left out
 
     def batches(
         self, samples: Sequence[Sample], groups: Sequence[Sequence[int]]
@@ -101,8 +122,14 @@ class ImageStream:
                 if isinstance(item, Pending):
                     LIVE.add(item)
             self.peak_live = max(self.peak_live, len(LIVE))
-            yield [samples[i] for i in group], self._ready(items)
-            del items
+            kept = [(samples[i], item) for i, item in zip(group, items, strict=True)]
+            for _, item in kept:
+                if isinstance(item, Failed) and item.sha256 not in self.failed:
+                    self.failed[item.sha256] = item.reason
+                    log.warning("left out of training: %s", item.reason)
+            kept = [(s, item) for s, item in kept if not isinstance(item, Failed)]
+            yield [s for s, _ in kept], self._ready([item for _, item in kept])
+            del items, kept
 
     def _ready(self, items: list[Prepared | Pending]) -> list[Prepared]:
         """Run the frozen encoder once per image not cached (twins in a batch: once)."""

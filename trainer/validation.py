@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from artnote.errors import ArtnoteError
 from trainer.data import Sample
 from trainer.evaluate import emotion_metrics, field_metrics
 from trainer.objectives import without_lead
@@ -32,7 +33,12 @@ def evaluate(
     decode: Callable[[str], Any],
     batch_size: int,
     generate: bool = True,
+    autocast: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
+    """`autocast`: the training forward's precision context (a bf16 base's float32
+    masters need it); none on a float32 base."""
+    import contextlib
+
     import torch
 
     samples = sorted(samples, key=lambda s: (s.sha256, s.field))
@@ -43,15 +49,17 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (autocast or contextlib.nullcontext)():
             groups = [
                 list(range(i, min(i + batch_size, len(samples))))
                 for i in range(0, len(samples), batch_size)
             ]
-            total = 0.0
+            total, counted = 0.0, 0
             for batch, prepared in stream.batches(samples, groups):
-                total += float(objective.loss(batch, prepared)[0]) * len(batch)
-            out["val_loss"] = total / len(samples)
+                if batch:  # else its images could not be read (stream.failed says why)
+                    total += float(objective.loss(batch, prepared)[0]) * len(batch)
+                    counted += len(batch)
+            out["val_loss"] = total / counted if counted else None
             out.update(_scanner_metrics(samples, annotator, decode, batch_size, generate))
     finally:
         model.train(was_training)
@@ -79,8 +87,15 @@ def _scanner_metrics(
     log_probs, targets = [], []
     per_field: dict[str, tuple[list[str], list[list[str]]]] = {f: ([], []) for f in TEXT_FIELDS}
     for start in range(0, len(wanted), batch_size):
-        shas = wanted[start : start + batch_size]
-        pictures = [decode(by_image[sha][0].image_path) for sha in shas]
+        shas, pictures = [], []
+        for sha in wanted[start : start + batch_size]:
+            try:
+                pictures.append(decode(by_image[sha][0].image_path))
+                shas.append(sha)
+            except (ArtnoteError, OSError):  # left out, as the stream leaves it out
+                continue
+        if not shas:
+            continue
         if generate:
             annotations = annotator.annotate(pictures)
             scores = torch.tensor([a.extra["emotion_loglik"] for a in annotations])

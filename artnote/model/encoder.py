@@ -70,7 +70,7 @@ OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
 # run on the host), so CUDA exports stay at OPSET.
 OPSET_CPU_ATTENTION = 23
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
-KEEP_EXPORTS = 4  # per model: each retrained adapter makes a new export; keep the latest few
+KEEP_EXPORTS = 4  # per model: new frozen weights (or versions) make a new export; keep a few
 LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")  # fixed input size, as exported
 
 

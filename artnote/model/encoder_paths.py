@@ -20,7 +20,9 @@ learn from is what the scan feeds them, and a retrained adapter needs no new exp
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 from artnote.errors import ModelError
@@ -155,13 +157,21 @@ def torch_frozen(loaded: Any, pixel_inputs: dict[str, Any]) -> list[Any]:
     What the ONNX file computes; for SmolVLM also tiles with padding inside, which
     the export does not take (the same steps as Idefics3Model.get_image_features).
     """
-    import torch
 
     inner = inner_model(loaded.model)
     vision = vision_tower(loaded.model, loaded.family)
     dtype = next(vision.parameters()).dtype
     device = next(vision.parameters()).device
     pixels = pixel_inputs["pixel_values"].to(device, dtype)
+    # The frozen part always runs as in a scan: a model in training mode (fine-tuning)
+    # would apply the Q-Former's dropout (0.1 in BLIP-2) to features that get cached.
+    with _eval_mode([vision, *[m for m in encoder_extra(loaded) if hasattr(m, "train")]]):
+        return _torch_frozen(loaded, inner, vision, dtype, device, pixels, pixel_inputs)
+
+
+def _torch_frozen(loaded, inner, vision, dtype, device, pixels, pixel_inputs) -> list[Any]:
+    import torch
+
     if not loaded.family.tiled:
         return list(frozen_path(loaded, dtype, live=True)(pixels))
     batch, tiles = pixels.shape[:2]
@@ -179,6 +189,19 @@ def torch_frozen(loaded: Any, pixel_inputs: dict[str, Any]) -> list[Any]:
     patch_mask = grid.sum(dim=(-1, -2)) > 0
     hidden = vision(pixel_values=flat, patch_attention_mask=patch_mask).last_hidden_state
     return list(hidden.split(counts))
+
+
+@contextlib.contextmanager
+def _eval_mode(modules: list[Any]) -> Iterator[None]:
+    """Modules in eval mode (no dropout) for the block, their own modes restored after."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def cpu_copy(module: Any, dtype: Any) -> Any:
