@@ -19,7 +19,7 @@ import io
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,10 +101,25 @@ def check_value(review_field: str, value: str) -> str:
     return value
 
 
-def correct(catalog: Catalog, ref: str, values: dict[str, str | None], by: str | None) -> int:
-    """Correct fields of one image (IMAGE as path, id or sha256 prefix); return how many."""
+def correct(
+    catalog: Catalog,
+    ref: str,
+    values: dict[str, str | None],
+    by: str | None,
+    *,
+    source: str = "cli",
+    expected: tuple[int, int] | None = None,
+    then_approve: bool = False,
+) -> int:
+    """Correct fields of one image (IMAGE as path, id or sha256 prefix); return how many.
+
+    `source`: where the edit was made ('cli', 'web'), kept with each review.
+    `expected`: the revision the edit is based on (newest review id of the content and
+    current annotation id, 0 for none); checked in the write transaction, ConflictError
+    when the image has changed since. `then_approve`: approve the image as it then
+    stands, in the same transaction."""
     image = catalog.find_image(ref)
-    items = [
+    items: list[tuple[int, str, str | None, str | None]] = [
         (image.id, "correction", name, check_value(name, value))
         for name, value in values.items()
         if value is not None
@@ -113,17 +128,33 @@ def correct(catalog: Catalog, ref: str, values: dict[str, str | None], by: str |
         raise CorrectionError(
             "nothing to correct: give --alt-text, --description, --emotion or --explanation"
         )
-    return catalog.add_reviews(items, by=by, source="cli")
+    count = len(items)
+    if then_approve:
+        items.append((image.id, "approval", None, None))
+    catalog.add_reviews(
+        items,
+        by=by,
+        source=source,
+        expected=None if expected is None else {image.id: expected},
+    )
+    return count
 
 
 def approve(
-    catalog: Catalog, refs: list[str], by: str | None, fields: Iterable[str] | None = None
+    catalog: Catalog,
+    refs: list[str],
+    by: str | None,
+    fields: Iterable[str] | None = None,
+    *,
+    source: str = "cli",
+    expected: Mapping[str, tuple[int, int]] | None = None,
 ) -> ApprovalReport:
     """Approve images (IMAGE as path, id or sha256 prefix) as they stand: every current
     field, or only `fields` (review field names: alt_text, description, emotion,
     explanation). An explanation written for another dominant emotion than the current
     one is approved only when named in `fields`; the report lists the images where it
-    was held back."""
+    was held back. `expected`: IMAGE -> the revision the approval is based on (see
+    correct()), checked in the write transaction."""
     names = list(dict.fromkeys(fields)) if fields is not None else [None]
     unknown = [n for n in names if n is not None and n not in REVIEW_FIELDS]
     if unknown or not names:
@@ -135,7 +166,10 @@ def approve(
     catalog.add_reviews(
         [(image.id, "approval", name, None) for image in found.values() for name in names],
         by=by,
-        source="cli",
+        source=source,
+        expected=None
+        if expected is None
+        else {found[ref].id: seen for ref, seen in expected.items() if ref in found},
     )
     report = ApprovalReport(approved=len({image.id for image in found.values()}))
     if None in names:

@@ -44,3 +44,8 @@ class NotFoundError(ArtnoteError):
 
 class NotScannableError(ArtnoteError):
     """The path exists but a scan cannot take it: not a folder, not an image file."""
+
+
+class ConflictError(ArtnoteError):
+    """A write based on a revision of an image that has since changed (another review,
+    a new annotation): refused, so that nothing someone else wrote is overwritten."""

@@ -15,8 +15,10 @@ Routes:
 Writes are exactly those of `artnote correct` and `artnote approve`: same validation,
 same append-only reviews, the reviewer's name kept. Every form carries the revision it
 was made from (newest review id and current annotation id of the content); a save whose
-revision has since changed is refused with 409 and the page shows the other edit. See
-web/security.py for the Host check, the CSRF token and the body limit.
+revision has since changed is refused with 409 and the page shows the other edit: the
+check is made in the write transaction itself, under the catalog's write lock, so it holds
+between servers and against `artnote correct` too. Edits are recorded with source "web".
+See web/security.py for the Host check, the CSRF token and the body limit.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import ipaddress
 import math
 import os
 import socket
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,9 +47,12 @@ from artnote.catalog import Catalog, open_catalog
 from artnote.catalog.models import REVIEW_FIELDS
 from artnote.corrections import ALT_TEXT_MAX, CorrectionError, approve, correct
 from artnote.emotions import EMOTIONS, normalise_emotion
-from artnote.errors import ArtnoteError
+from artnote.errors import ArtnoteError, ConflictError
 from web import thumbnails
 from web.review_queries import (
+    FORM_PREFIX,
+    MAX_TERMS,
+    MIN_PREFIX,
     SEARCH_LIMIT,
     STATUSES,
     Filters,
@@ -57,6 +61,7 @@ from web.review_queries import (
     image_detail,
     image_file,
     parse_revision,
+    search_terms,
 )
 from web.security import CSRF_FIELD, BodyLimit, Csrf, HostCheck, SecurityHeaders, same_origin
 
@@ -65,6 +70,7 @@ PER_PAGE = 60
 MAX_PAGE = 100_000
 ALT_TEXT_AIM = 125
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 TEXT_FIELDS = ("alt_text", "description", "explanation")
 DEFAULT_MAX_PIXELS = 400_000_000  # artnote.config's [scan] max_pixels default
 DONE = {  # ?done=... after a redirect: fixed messages, never text from the request
@@ -99,9 +105,6 @@ class Review:
         self.thumbs = cache / "thumbnails"
         self.max_pixels = max_pixels
         self.lister = Lister(catalog)
-        # Check-then-write of a save is atomic for every request of this server; a write
-        # from another process in between still lands as a newer revision, never lost.
-        self.write_lock = threading.Lock()
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -115,6 +118,8 @@ class Review:
             emotions=EMOTIONS,
             statuses=STATUSES,
             search_limit=SEARCH_LIMIT,
+            max_terms=MAX_TERMS,
+            min_prefix=MIN_PREFIX,
             alt_aim=ALT_TEXT_AIM,
             alt_max=ALT_TEXT_MAX,
         )
@@ -146,6 +151,7 @@ class Review:
             pages=pages,
             folders=folders,
             first=(page - 1) * PER_PAGE,
+            ignored_terms=search_terms(filters.q)[1],
         )
 
     async def image(self, request: Request) -> Response:
@@ -161,7 +167,7 @@ class Review:
     ) -> Response:
         filters = Filters.from_params(request.query_params)
         if request.method == "POST":
-            filters = Filters.from_params(await request.form())
+            filters = Filters.from_params(await request.form(), FORM_PREFIX)
         before, after, position = await run_in_threadpool(
             self.lister.neighbours, filters, detail.image_id
         )
@@ -170,6 +176,7 @@ class Review:
         if chosen := normalise_emotion(submitted.pop("emotion", "")):
             values["dominant_emotion"] = chosen
         values.update(submitted)  # a refused save shows what the curator typed
+        changed = await run_in_threadpool(_file_changed, detail)
         stale = None
         if detail.sha256 and detail.values is not None:
             stale = await run_in_threadpool(
@@ -191,6 +198,7 @@ class Review:
             after=after,
             position=position,
             stale=stale,
+            changed=changed,
             **context,
         )
 
@@ -218,13 +226,18 @@ class Review:
         try:
             stat = os.stat(found["path"])
             unchanged = stat.st_size == found["size"] and stat.st_mtime_ns == found["mtime_ns"]
+            if not unchanged:
+                # The file is no longer the content the catalog annotated: never show its
+                # new pixels beside the old annotation; the copy made from the annotated
+                # content, when there is one, still is that content.
+                return thumbnails.cached(self.thumbs, found["sha256"], size)
             return thumbnails.jpeg_of(
                 self.thumbs,
                 found["path"],
                 found["sha256"],
                 size,
                 max_pixels=self.max_pixels,
-                unchanged=unchanged,
+                unchanged=True,
             )
         except (OSError, ArtnoteError):
             return None
@@ -239,11 +252,6 @@ class Review:
 
     async def _write(self, request: Request, *, approving: bool) -> Response:
         form = await request.form()
-        if not self.csrf.valid(request, form.get(CSRF_FIELD)) or not same_origin(request):
-            return PlainTextResponse(
-                "refused: this form did not come from this page (reload it and try again)",
-                status_code=403,
-            )
         image_id = request.path_params["image_id"]
         submitted = {}
         if not approving:
@@ -251,6 +259,22 @@ class Review:
                 value = form.get(name)
                 if isinstance(value, str):
                     submitted[name] = value.replace("\r\n", "\n").replace("\r", "\n")
+        if not self.csrf.valid(request, form.get(CSRF_FIELD)) or not same_origin(request):
+            # Nothing is written. The page comes back with a fresh token and, in the form,
+            # the text that was sent, so that a curator whose token went stale (a restart,
+            # a new cookie) loses nothing: checking it and saving again is enough.
+            detail = await run_in_threadpool(self._detail, image_id)
+            if detail is None:
+                return _not_found()
+            return await self._image_page(
+                request,
+                detail,
+                403,
+                submitted=submitted,
+                error="Not saved: this form did not come from this page, or it is stale "
+                "(the server restarted or its cookie changed). Check the text below and "
+                "submit again.",
+            )
         outcome = await run_in_threadpool(
             self._apply,
             image_id,
@@ -262,7 +286,7 @@ class Review:
         if outcome.status == 404 or outcome.detail is None:
             return _not_found()
         if outcome.status == 303:
-            filters = Filters.from_params(form)
+            filters = Filters.from_params(form, FORM_PREFIX)
             target = f"/image/{image_id}?{filters.query(done=outcome.done)}"
             return RedirectResponse(target, status_code=303)
         return await self._image_page(
@@ -288,39 +312,62 @@ class Review:
         keep_explanation: bool,
     ) -> Outcome:
         ref = str(image_id)
-        with self.write_lock:
-            detail = self._detail(image_id)
-            if detail is None:
-                return Outcome(404)
-            if detail.values is None:
-                return Outcome(400, error="This image has no annotation to review.", detail=detail)
-            seen = parse_revision(base)
-            now = parse_revision(detail.base)
-            if seen is None:
-                return Outcome(400, error="The form lacks its revision; reload.", detail=detail)
-            if seen != now:
-                assert now is not None
-                newer = [r for r in detail.history if r["id"] > seen[0]]
-                return Outcome(
-                    409,
-                    error="Not saved: this image changed since you opened it.",
-                    detail=detail,
-                    submitted=submitted,
-                    conflict=newer,
-                    reannotated=seen[1] != now[1],
+        detail = self._detail(image_id)
+        if detail is None:
+            return Outcome(404)
+        if detail.values is None:
+            return Outcome(400, error="This image has no annotation to review.", detail=detail)
+        seen = parse_revision(base)
+        if seen is None:
+            return Outcome(400, error="The form lacks its revision; reload.", detail=detail)
+        if seen != parse_revision(detail.base):
+            return self._conflict(detail, seen, submitted)
+        changes = _changes(detail.values, submitted, keep_explanation)
+        held = False
+        try:
+            # The revision is checked again inside the write transaction, under the
+            # catalog's write lock: another server or `artnote correct` may have written
+            # since the read above. A save and approve is one transaction.
+            if changes:
+                correct(
+                    self.catalog,
+                    ref,
+                    changes,
+                    self.by,
+                    source="web",
+                    expected=seen,
+                    then_approve=approve_after,
                 )
-            changes = _changes(detail.values, submitted, keep_explanation)
-            try:
-                if changes:
-                    correct(self.catalog, ref, changes, self.by)
-                report = approve(self.catalog, [ref], self.by) if approve_after else None
-            except CorrectionError as exc:
-                return Outcome(400, error=str(exc), detail=detail, submitted=submitted)
-        if report is not None and report.held_back:
+                if approve_after and detail.sha256:
+                    held = detail.sha256 in self.catalog.stale_explanations([detail.sha256])
+            elif approve_after:
+                report = approve(self.catalog, [ref], self.by, source="web", expected={ref: seen})
+                held = bool(report.held_back)
+        except ConflictError:
+            now = self._detail(image_id)
+            if now is None:
+                return Outcome(404)
+            return self._conflict(now, seen, submitted)
+        except CorrectionError as exc:
+            return Outcome(400, error=str(exc), detail=detail, submitted=submitted)
+        if approve_after and held:
             return Outcome(303, done="held", detail=detail)
-        if report is not None:
+        if approve_after:
             return Outcome(303, done="saved-approved" if changes else "approved", detail=detail)
         return Outcome(303, done="saved" if changes else "unchanged", detail=detail)
+
+    @staticmethod
+    def _conflict(detail: ImageDetail, seen: tuple[int, int], submitted: dict[str, str]) -> Outcome:
+        now = parse_revision(detail.base)
+        assert now is not None
+        return Outcome(
+            409,
+            error="Not saved: this image changed since you opened it.",
+            detail=detail,
+            submitted=submitted,
+            conflict=[r for r in detail.history if r["id"] > seen[0]],
+            reannotated=seen[1] != now[1],
+        )
 
 
 def _changes(
@@ -349,7 +396,20 @@ def _when(value: datetime | None) -> str:
 
 
 def _page_number(text: str | None) -> int:
-    return min(MAX_PAGE, max(1, int(text))) if text and text.isdigit() and len(text) < 8 else 1
+    if not (text and text.isascii() and text.isdigit() and len(text) < 8):
+        return 1  # not str.isdigit() alone: it takes '²', which int() refuses
+    return min(MAX_PAGE, max(1, int(text)))
+
+
+def _file_changed(detail: ImageDetail) -> bool:
+    """Whether the file is no longer the one the catalog hashed (size or mtime differ)."""
+    if detail.file_status == "missing" or not detail.sha256:
+        return False
+    try:
+        stat = os.stat(detail.path)
+    except OSError:
+        return False
+    return stat.st_size != detail.size or stat.st_mtime_ns != detail.mtime_ns
 
 
 def _not_found() -> Response:
@@ -363,10 +423,13 @@ def create_app(
     allowed_hosts: list[str],
     cache_dir: Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    any_ip_port: int | None = None,
 ) -> Starlette:
     """The review application over the catalog at `catalog_url` (which must exist).
 
     `allowed_hosts`: the Host header values it answers ('127.0.0.1:8765', ...);
+    `any_ip_port`: also answer any IP address with this port (a server bound to 0.0.0.0
+    or ::, reached at one of the machine's addresses);
     `cache_dir`: where thumbnails are kept (under thumbnails/)."""
     catalog = open_catalog(catalog_url, create=False)
     review = Review(catalog, by, Path(cache_dir), max_pixels)
@@ -389,7 +452,7 @@ def create_app(
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(HostCheck, allowed=allowed_hosts),
+        Middleware(HostCheck, allowed=allowed_hosts, any_ip_port=any_ip_port),
         Middleware(BodyLimit),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
@@ -401,7 +464,7 @@ def allowed_hosts_for(host: str, port: int) -> list[str]:
     """Host header values a server bound to host:port answers: 127.0.0.1 and localhost,
     the address given, and for a wildcard address this machine's names."""
     names = {"127.0.0.1", "localhost", host}
-    if host in ("0.0.0.0", "::", ""):
+    if host in WILDCARD_HOSTS:
         names |= {socket.gethostname(), socket.getfqdn()}
         with contextlib.suppress(OSError):
             names |= set(socket.gethostbyname_ex(socket.gethostname())[2])
@@ -446,6 +509,7 @@ def main(
         allowed_hosts=allowed_hosts_for(host, port),
         cache_dir=cache_dir(),
         max_pixels=settings.scan.max_pixels,
+        any_ip_port=port if host in WILDCARD_HOSTS else None,
     )
     where = app.state.review.catalog.where
     shown = f"[{host}]" if ":" in host else host

@@ -40,6 +40,9 @@ STREAM_BATCH = 2000
 SEARCH_LIMIT = 1000  # the best matches of a full-text query that the grid can show
 FOLDERS_SHOWN = 500
 MAX_ID = 2**63 - 1  # an INTEGER column: larger ids cannot exist
+FORM_PREFIX = "f_"  # filters carried through a POST form, apart from its own fields
+MAX_TERMS = 16  # words of a full-text query: each costs a pass over the index
+MIN_PREFIX = 2  # a prefix term ('a*') shorter than this matches nearly every word
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,14 @@ class Filters:
     q: str = ""
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Filters:
-        """Filters from query or form parameters; anything unknown is dropped, not refused."""
+    def from_params(cls, params: Mapping[str, Any], prefix: str = "") -> Filters:
+        """Filters from query or form parameters; anything unknown is dropped, not refused.
+
+        `prefix`: the names' prefix (FORM_PREFIX in the image page's forms, whose own
+        fields, the dominant emotion among them, must not be taken for filters)."""
 
         def text(name: str, most: int) -> str:
-            value = params.get(name)
+            value = params.get(prefix + name)
             return value.strip()[:most] if isinstance(value, str) else ""
 
         status = text("status", 16)
@@ -65,6 +71,10 @@ class Filters:
 
     def params(self) -> dict[str, str]:
         return {k: v for k, v in vars(self).items() if v}
+
+    def form_params(self) -> dict[str, str]:
+        """params() named as the hidden fields of a form that also edits values."""
+        return {FORM_PREFIX + k: v for k, v in self.params().items()}
 
     def query(self, **extra: object) -> str:
         """The URL query string of these filters (and `extra`), '' when there is none."""
@@ -184,14 +194,16 @@ def _collection_conditions(conn: Connection, folder: str) -> list[Any] | None:
         if base == wanted or base.startswith(wanted.rstrip(os.sep) + os.sep):
             out.append(images.c.collection_id == cid)
         elif wanted.startswith(base.rstrip(os.sep) + os.sep):
-            sub = wanted[len(base.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
-            # A range on (collection_id, relpath), which the unique index answers;
-            # '0' is the character after '/'.
+            prefix = wanted[len(base.rstrip(os.sep)) + 1 :].replace(os.sep, "/") + "/"
+            # Not a range on relpath: under PostgreSQL's non-C collations 'sub/x' does
+            # not sort between 'sub/' and 'sub0'. An escaped LIKE ('%' and '_' in a folder
+            # name are themselves), and an exact comparison of the start, since SQLite's
+            # LIKE ignores case.
             out.append(
                 and_(
                     images.c.collection_id == cid,
-                    images.c.relpath >= sub + "/",
-                    images.c.relpath < sub + "0",
+                    images.c.relpath.startswith(prefix, autoescape=True),
+                    func.substr(images.c.relpath, 1, len(prefix)) == prefix,
                 )
             )
     return out
@@ -258,7 +270,10 @@ class Lister:
     def _matches(self, filters: Filters) -> list[str] | None:
         if not filters.q:
             return None
-        return sorted({hit["sha256"] for hit in self.catalog.search(filters.q, SEARCH_LIMIT)})
+        query = search_terms(filters.q)[0]
+        if not query:
+            return None
+        return sorted({hit["sha256"] for hit in self.catalog.search(query, SEARCH_LIMIT)})
 
     def page(self, filters: Filters, page: int, per_page: int) -> GridPage:
         matches = self._matches(filters)
@@ -326,6 +341,21 @@ class Lister:
         folders = sorted(found)[:FOLDERS_SHOWN]
         self._folders = (newest, folders)
         return folders
+
+
+def search_terms(q: str) -> tuple[str, list[str]]:
+    """The full-text query the grid runs for `q`, and the words it left out: prefix terms
+    shorter than MIN_PREFIX characters ('a*' matches nearly every word) and every word
+    after the first MAX_TERMS (each costs a pass over the index)."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for word in q.split():
+        short = word.endswith("*") and len(word.rstrip("*")) < MIN_PREFIX
+        if short or len(kept) >= MAX_TERMS:
+            dropped.append(word)
+        else:
+            kept.append(word)
+    return " ".join(kept), dropped
 
 
 def _add_texts(conn: Connection, items: list[GridItem]) -> None:
@@ -400,9 +430,14 @@ def parse_revision(text: object) -> tuple[int, int] | None:
     if not isinstance(text, str):
         return None
     first, dot, second = text.partition(".")
-    if not (dot and first.isdigit() and second.isdigit() and len(text) < 40):
+    if not (dot and _digits(first) and _digits(second) and len(text) < 40):
         return None
     return int(first), int(second)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def image_detail(conn: Connection, image_id: int) -> ImageDetail | None:

@@ -2,12 +2,17 @@
 
 - HostCheck: the Host header must name this server (127.0.0.1:PORT, localhost:PORT, the
   --host given). A web page elsewhere that points its own domain at 127.0.0.1 (DNS
-  rebinding) sends its own name as Host, and is refused before any route runs.
+  rebinding) sends its own name as Host, and is refused before any route runs. A server
+  bound to every address (0.0.0.0, ::) also answers any IP address with its port, such as
+  its LAN address: rebinding needs a name, so names are still matched exactly.
 - BodyLimit: a request body over the limit is answered 413 and never read whole.
-- CSRF: a random cookie (SameSite=Strict, HttpOnly, set on GET) and, as a field of every
+- CSRF: a random cookie (SameSite=Lax, HttpOnly, set on GET) and, as a field of every
   form, a token derived from it; each POST must bring both, compared in constant time:
   another site's page can make the browser post, but can neither read the cookie nor
-  know the token. A browser's Origin header, when sent, must be this server too.
+  know the token. A browser's Origin header, when sent, must be this server too. Lax,
+  not Strict: with Strict, following a link to the page from elsewhere arrives without
+  the cookie, mints a new one and so makes every open form's token stale; Lax withholds
+  the cookie from cross-site POSTs anyway.
 - Headers: a strict Content-Security-Policy (no inline script runs, even if some text
   were ever rendered unescaped), no framing, no referrer.
 """
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import secrets
 from collections.abc import Iterable
@@ -53,17 +59,48 @@ def normalise_hosts(hosts: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-class HostCheck:
-    """Refuse (400) any request whose Host header is not one of `allowed`, port included."""
+def ip_literal_host(host: str, port: int) -> bool:
+    """Whether a Host header value is an IP address (IPv4, or IPv6 in brackets) with
+    `port` (or without a port, when that is 80)."""
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and rest != f":{port}") or (not rest and port != 80):
+            return False
+    else:
+        address, colon, given = host.rpartition(":")
+        if not colon:
+            address, given = host, "80"
+        if given != str(port) or ":" in address:
+            return False
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+
+class HostCheck:
+    """Refuse (400) any request whose Host header is not one of `allowed`, port included.
+
+    `any_ip_port`: a server bound to every address also answers any IP literal with this
+    port (the machine's LAN addresses, which it cannot list reliably)."""
+
+    def __init__(
+        self, app: ASGIApp, allowed: Iterable[str], any_ip_port: int | None = None
+    ) -> None:
         self.app = app
         self.allowed = normalise_hosts(allowed)
+        self.any_ip_port = any_ip_port
+
+    def accepts(self, host: str) -> bool:
+        if host in self.allowed:
+            return True
+        return self.any_ip_port is not None and ip_literal_host(host, self.any_ip_port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             host = (Headers(scope=scope).get("host") or "").strip().lower()
-            if host not in self.allowed:
+            if not self.accepts(host):
                 # The refused name is not echoed back: it is the requester's text.
                 response = PlainTextResponse("refused: this server does not answer to that host")
                 response.status_code = 400
@@ -87,7 +124,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and (
+            not (declared.isascii() and declared.isdigit()) or int(declared) > self.limit
+        ):
             await _too_large(scope, receive, send, self.limit)
             return
         chunks: list[bytes] = []
@@ -172,7 +211,7 @@ class Csrf:
         return self._sign(new), new
 
     def remember(self, response: Response, cookie: str) -> None:
-        response.set_cookie(self.cookie, cookie, httponly=True, samesite="strict", path="/")
+        response.set_cookie(self.cookie, cookie, httponly=True, samesite="lax", path="/")
 
     def valid(self, request: Request, form_value: object) -> bool:
         cookie = request.cookies.get(self.cookie, "")

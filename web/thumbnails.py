@@ -30,6 +30,16 @@ def cached_path(folder: Path, sha256: str, size: int) -> Path:
     return folder / sha256[:2] / f"{sha256}-{size}.jpg"
 
 
+def cached(folder: Path, sha256: str | None, size: int) -> bytes | None:
+    """The JPEG kept for this content and size, None when there is none."""
+    if sha256 is None or _SHA256.fullmatch(sha256) is None:
+        return None
+    try:
+        return cached_path(folder, sha256, size).read_bytes()
+    except OSError:
+        return None
+
+
 def jpeg_of(
     folder: Path,
     source: str,

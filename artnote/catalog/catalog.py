@@ -411,11 +411,18 @@ class Catalog:
         *,
         by: str | None,
         source: str,
+        expected: Mapping[int, tuple[int, int]] | None = None,
     ) -> int:
-        """Append (image_id, kind, field, value) reviews in one transaction; see reviews.py."""
+        """Append (image_id, kind, field, value) reviews in one transaction; see reviews.py.
+
+        `expected`: image id -> the revision the reviews were based on (newest review id
+        of its content, current annotation id; 0 for none). Checked inside the write
+        transaction, under the catalog's write lock: ConflictError when one changed."""
         if not items:
             return 0
         with self._write() as conn:
+            if expected:
+                reviews.check_revisions(conn, expected)
             return reviews.record_reviews(conn, items, by=by, source=source)
 
     def collection_roots(self) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -30,6 +30,7 @@ from artnote.catalog.queries import (
     runs,
 )
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
+from artnote.errors import ConflictError
 
 reviews = cast(Table, Review.__table__)
 adapters = cast(Table, Adapter.__table__)
@@ -406,6 +407,35 @@ def record_reviews(
             }
         )
     return add_reviews(conn, rows)
+
+
+def revisions(conn: Connection, image_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """image id -> (newest review id of its content, current annotation id), 0 for none:
+    the revision a curator's edit is based on."""
+    newest = (
+        select(func.max(reviews.c.id))
+        .where(reviews.c.sha256 == images.c.sha256)
+        .correlate(images)
+        .scalar_subquery()
+    )
+    out: dict[int, tuple[int, int]] = {}
+    for chunk in chunks(sorted(set(image_ids))):
+        stmt = select(images.c.id, newest, current_annotation_id()).where(images.c.id.in_(chunk))
+        out.update((i, (r or 0, a or 0)) for i, r, a in conn.execute(stmt))
+    return out
+
+
+def check_revisions(conn: Connection, expected: Mapping[int, tuple[int, int]]) -> None:
+    """ConflictError unless every image is still at the revision expected of it. Run it in
+    the write transaction that then appends the reviews (after the write lock is taken),
+    so that no other writer, in this process or another, can come in between."""
+    now = revisions(conn, expected)
+    changed = sorted(i for i, seen in expected.items() if now.get(i) != tuple(seen))
+    if changed:
+        raise ConflictError(
+            f"image {', '.join(map(str, changed))} changed since the revision this edit "
+            "was based on; nothing was saved"
+        )
 
 
 def register_adapter(conn: Connection, **values: Any) -> int:
