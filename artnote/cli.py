@@ -209,48 +209,6 @@ def scan(
 
 
 @app.command()
-def export(
-    fmt: Annotated[
-        str,
-        typer.Argument(metavar="csv|jsonl", help="csv for spreadsheets; jsonl carries everything."),
-    ],
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="FILE",
-            help="Write to FILE instead of stdout (a CSV file starts with a BOM, for Excel).",
-        ),
-    ] = None,
-    catalog: CatalogOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Export the current annotation of every image."""
-    from artnote import export as exporter
-
-    writers = {"csv": exporter.write_csv_cells, "jsonl": exporter.write_jsonl}
-    if fmt not in writers:
-        raise typer.BadParameter("choose csv or jsonl", param_hint="FORMAT")
-    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
-    rows = cat.export_table() if fmt == "csv" else cat.export_rows(provenance=True)
-    if out is None:
-        count = writers[fmt](rows, sys.stdout)
-    else:
-        tmp = out.with_name(out.name + ".partial")
-        # A BOM makes Excel read the file as UTF-8 (stdout stays plain UTF-8 for pipes).
-        encoding = "utf-8-sig" if fmt == "csv" else "utf-8"
-        try:
-            with open(tmp, "w", encoding=encoding, newline="") as fh:
-                count = writers[fmt](rows, fh)
-            tmp.replace(out)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ArtnoteError(f"cannot write {out}: {exc.strerror or exc}") from None
-        _err(f"wrote {count} annotations to {out}")
-
-
-@app.command()
 def status(
     json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
@@ -368,10 +326,11 @@ def catalog_check(
 
 
 # correct, approve, corrections import, import artemis: artnote/cli_review.py; the
-# `models` group and `selftest`: artnote/cli_models.py.
-from artnote import cli_models, cli_review  # noqa: E402  (their commands need app)
+# `models` group and `selftest`: artnote/cli_models.py; export: artnote/cli_export.py.
+from artnote import cli_export, cli_models, cli_review  # noqa: E402  (their commands need app)
 
 cli_review.register(app, _Group)
+cli_export.register(app, _Group)
 cli_models.register(app, models_app)
 
 

@@ -58,6 +58,65 @@ def art_copy(tmp_path, art_paths) -> Path:
     return folder
 
 
+TINY_PROVENANCE = ("tiny-model", "abc123", "idefics3", None, None, "1", "ph", {}, "onnx", "cpu", 1)
+
+
+def annotate_files(db, folder: Path, files: dict[str, dict[str, float]]) -> dict[str, int]:
+    """Record and annotate files without a model (relpath under folder -> emotion
+    distribution): alt text "A painting by WHO.", where WHO is the file name up to its
+    first "_". Returns relpath -> image id."""
+    import hashlib
+
+    from artnote.catalog import FileState, open_catalog
+    from artnote.emotions import EMOTIONS
+    from artnote.records import Annotation, Provenance
+
+    with open_catalog(db) as cat:
+        cid = cat.ensure_collection(folder)
+        run = cat.start_run({}, "tiny-model", None)
+        states = []
+        for r in files:
+            stat = (folder / r).stat()
+            sha = hashlib.sha256((folder / r).read_bytes()).hexdigest()
+            states.append(FileState(r, stat.st_size, stat.st_mtime_ns, sha))
+        ids = cat.record_files(cid, run, states)
+        items = []
+        for relpath, dist in files.items():
+            who = Path(relpath).stem.split("_")[0]
+            top = max(EMOTIONS, key=lambda e: dist[e])
+            texts = (f"A painting by {who}.", f"Description of the {who} painting.")
+            why = f"{top} because of {who}."
+            annotation = Annotation(*texts, dist, top, why, Provenance(*TINY_PROVENANCE))
+            items.append((ids[relpath], annotation))
+        cat.add_annotations(run, items)
+        cat.finish_run(run, "completed", {})
+    return ids
+
+
+def peaked(k: int, peak: float) -> dict[str, float]:
+    """An emotion distribution with `peak` on label k (mod 9), the rest shared evenly."""
+    from artnote.emotions import EMOTIONS
+
+    return {e: peak if j == k % 9 else (1 - peak) / 8 for j, e in enumerate(EMOTIONS)}
+
+
+@pytest.fixture
+def annotated_art(tmp_path, art_paths) -> tuple[Path, Path, dict[str, int]]:
+    """The eight paintings in tmp_path/collection (the last two in later/), annotated
+    without a model in tmp_path/catalog.db: (catalog, folder, {painter: image id}), the
+    painter being the file name up to its first "_" (hokusai, matisse, ...)."""
+    folder = tmp_path / "collection"
+    (folder / "later").mkdir(parents=True)
+    files = {}
+    for k, path in enumerate(art_paths):
+        relpath = f"later/{path.name}" if k >= 6 else path.name
+        shutil.copy2(path, folder / relpath)
+        files[relpath] = peaked(k, 0.2 + 0.09 * k)
+    db = tmp_path / "catalog.db"
+    ids = annotate_files(db, folder, files)
+    return db, folder, {Path(r).stem.split("_")[0]: i for r, i in ids.items()}
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """No test reads the user's config or catalog, or reaches the hub."""

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import annotate_files, peaked
 from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -27,54 +28,16 @@ from artnote.catalog import FileState, open_catalog
 from artnote.cli import app as cli_app
 from artnote.corrections import correct
 from artnote.emotions import EMOTIONS
-from artnote.records import Annotation, Provenance
 
 PAYLOAD = "<script>window.pwned=1</script><b>x</b>"
-PROV = Provenance("tiny-model", "abc123", "idefics3", None, None, "1", "ph", {}, "onnx", "cpu", 1.0)
-
-
-def _add(db: Path | str, folder: Path, files: dict[str, dict[str, float]]) -> dict[str, int]:
-    """Annotate the files (relpath under folder -> emotion distribution); relpath -> id."""
-    with open_catalog(db) as cat:
-        cid = cat.ensure_collection(folder)
-        run = cat.start_run({}, "tiny-model", None)
-        shas = {r: hashlib.sha256((folder / r).read_bytes()).hexdigest() for r in files}
-        states = [
-            FileState(r, (folder / r).stat().st_size, (folder / r).stat().st_mtime_ns, shas[r])
-            for r in files
-        ]
-        ids = cat.record_files(cid, run, states)
-        items = []
-        for relpath, dist in files.items():
-            who = Path(relpath).stem.split("_")[0]
-            top = max(EMOTIONS, key=lambda e: dist[e])
-            texts = (f"A painting by {who}.", f"Description of the {who} painting.")
-            items.append(
-                (ids[relpath], Annotation(*texts, dist, top, f"{top} because of {who}.", PROV))
-            )
-        cat.add_annotations(run, items)
-        cat.finish_run(run, "completed", {})
-    return ids
-
-
-def _peaked(k: int, peak: float) -> dict[str, float]:
-    return {e: peak if j == k % 9 else (1 - peak) / 8 for j, e in enumerate(EMOTIONS)}
 
 
 @pytest.fixture
-def paintings(tmp_path, art_paths):
+def paintings(annotated_art):
     """A catalog of the eight sample paintings (two in a subfolder), each annotated with a
     different certainty: (catalog path, {painter: image id})."""
-    folder = tmp_path / "collection"
-    (folder / "later").mkdir(parents=True)
-    files = {}
-    for k, path in enumerate(art_paths):
-        relpath = f"later/{path.name}" if k >= 6 else path.name
-        shutil.copy2(path, folder / relpath)
-        files[relpath] = _peaked(k, 0.2 + 0.09 * k)
-    db = tmp_path / "catalog.db"
-    ids = _add(db, folder, files)
-    return db, {Path(r).stem.split("_")[0]: i for r, i in ids.items()}
+    db, _, ids = annotated_art
+    return db, ids
 
 
 def _app(db: Path | str, by: str | None, hosts: list[str], tmp_path: Path):
@@ -429,14 +392,14 @@ def test_the_least_sure_image_comes_first_and_pages_follow_the_order(tmp_path):
     folder.mkdir()
     dists = {
         "one-hot.png": {e: float(e == "awe") for e in EMOTIONS},
-        "peaked.png": _peaked(2, 0.6),
+        "peaked.png": peaked(2, 0.6),
         "uniform.png": {e: 1 / 9 for e in EMOTIONS},
         "two-way.png": {e: 0.5 if e in ("fear", "sadness") else 0.0 for e in EMOTIONS},
     }
     for k, name in enumerate(dists):
         Image.new("RGB", (40, 30), (60 * k, 100, 150)).save(folder / name)
     db = tmp_path / "synthetic.db"
-    ids = _add(db, folder, dists)
+    ids = annotate_files(db, folder, dists)
     order = [ids[n] for n in ("uniform.png", "peaked.png", "two-way.png", "one-hot.png")]
     with TestClient(_app(db, "ana", ["testserver"], tmp_path), follow_redirects=False) as c:
         assert _grid_ids(c.get("/").text) == order
@@ -498,8 +461,8 @@ def test_the_page_works_on_a_postgresql_catalog(postgres_url, tmp_path, art_path
     files = {}
     for k, path in enumerate(art_paths[:3]):
         shutil.copy2(path, folder / path.name)
-        files[path.name] = _peaked(k, 0.3 + 0.3 * k)
-    ids = _add(postgres_url, folder, files)
+        files[path.name] = peaked(k, 0.3 + 0.3 * k)
+    ids = annotate_files(postgres_url, folder, files)
     first, _, last = (ids[name] for name in files)
     with TestClient(
         _app(postgres_url, "ana", ["testserver"], tmp_path), follow_redirects=False
@@ -554,7 +517,7 @@ def test_two_servers_saving_from_one_base_only_one_is_written(catalog_url, tmp_p
     folder = tmp_path / "collection"
     folder.mkdir()
     shutil.copy2(art_paths[0], folder / art_paths[0].name)
-    ids = _add(catalog_url, folder, {art_paths[0].name: _peaked(0, 0.5)})
+    ids = annotate_files(catalog_url, folder, {art_paths[0].name: peaked(0, 0.5)})
     url = f"/image/{ids[art_paths[0].name]}"
     with (
         TestClient(
@@ -718,8 +681,8 @@ def test_the_folder_filter_matches_by_prefix_whatever_the_collation(catalog_url,
     for k, name in enumerate(names):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (20, 20), (40 * k, 30, 90)).save(folder / name)
-        dists[name] = _peaked(k, 0.5)
-    ids = _add(catalog_url, folder, dists)
+        dists[name] = peaked(k, 0.5)
+    ids = annotate_files(catalog_url, folder, dists)
     if catalog_url.startswith("postgresql"):
         from sqlalchemy import create_engine, text
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +39,7 @@ from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import annotations, chunks, collections, images, runs
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
+from artnote.errors import CatalogError
 from artnote.export import CSV_COLUMNS
 from artnote.records import Annotation
 from artnote.text import MULTILINE_FIELDS, TEXT_FIELDS, clean_fields, clean_text, needs_cleaning
@@ -470,15 +471,21 @@ class Catalog:
 
     # --- reports --------------------------------------------------------------
 
-    def export_rows(self, provenance: bool = True) -> Iterator[dict[str, Any]]:
+    def export_rows(
+        self, provenance: bool = True, statuses: Collection[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """One dict per present image with a current annotation, streamed in path order.
 
         Keys: the CSV columns of artnote.export plus image_id, annotation_id,
-        run_id, relpath, adapter_name, alt_text_truncated and provenance (dict).
+        run_id, root, relpath, adapter_name, alt_text_truncated and provenance (dict).
+        `statuses` (draft, corrected, approved) keeps only rows with one of them.
         """
+        wanted = _check_statuses(statuses)
         with self._read() as conn:
             states = reviews.review_states(conn)  # few next to images: held in memory
             for row in queries.export_rows(conn, provenance):
+                if wanted is not None and _status(states.get(row["sha256"])) not in wanted:
+                    continue
                 # Catalogs written before model text was cleaned may hold control characters.
                 row, cleaned = clean_fields(row)
                 if cleaned and isinstance(row.get("provenance"), dict):
@@ -487,15 +494,18 @@ class Catalog:
                     row["provenance"] = {**row["provenance"], "cleaned": names}
                 yield reviews.overlay(row, states.get(row["sha256"]))
 
-    def export_table(self) -> Iterator[list[Any]]:
+    def export_table(self, statuses: Collection[str] | None = None) -> Iterator[list[Any]]:
         """The CSV export's rows: cell values in artnote.export.CSV_COLUMNS order, reviews
         laid over (corrected values, status), streamed in path order; the fast path of
-        `artnote export csv`, equal to export_rows() in content."""
+        `artnote export csv`, equal to export_rows() in content (`statuses` as there)."""
         status, sha = CSV_COLUMNS.index("status"), CSV_COLUMNS.index("sha256")
         texts = [(CSV_COLUMNS.index(f), f in MULTILINE_FIELDS) for f in TEXT_FIELDS]
+        wanted = _check_statuses(statuses)
         with self._read() as conn:
             states = reviews.review_states(conn)
             for cells in queries.export_table(conn):
+                if wanted is not None and _status(states.get(cells[sha])) not in wanted:
+                    continue
                 for at, multiline in texts:  # as export_rows: for catalogs from before cleaning
                     value = cells[at]
                     if value and needs_cleaning(value, multiline=multiline):
@@ -621,3 +631,19 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+STATUSES = ("draft", "corrected", "approved")
+
+
+def _check_statuses(statuses: Collection[str] | None) -> frozenset[str] | None:
+    if not statuses:
+        return None
+    unknown = sorted(set(statuses) - set(STATUSES))
+    if unknown:
+        raise CatalogError(f"unknown status {unknown[0]!r}: choose {', '.join(STATUSES)}")
+    return frozenset(statuses)
+
+
+def _status(state: reviews.ReviewState | None) -> str:
+    return "draft" if state is None else state.status

@@ -201,7 +201,7 @@ class Review(Base):
     field: Mapped[str | None] = mapped_column(String(16))
     value: Mapped[str | None] = mapped_column(Text)
     by: Mapped[str | None] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))  # cli | csv | artemis
+    source: Mapped[str] = mapped_column(String(16))  # cli | csv | web | artemis | label-studio
     created_at: Mapped[datetime]
 
 
@@ -221,6 +221,9 @@ class SearchText(Base):
     alt_text: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     explanation: Mapped[str | None] = mapped_column(Text)
+    # Since revision 0005, for browsing without artnote (the current_annotations view):
+    status: Mapped[str] = mapped_column(String(16), server_default="draft")  # as reviews say
+    dominant_emotion: Mapped[str | None] = mapped_column(String(32))  # a correction's first
 
 
 class ReferenceText(Base):

@@ -162,7 +162,7 @@ def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str,
     result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
     for row in result.mappings():
         out = dict(row)
-        root = out.pop("root")
+        root = out["root"]
         created = out.pop("created_at")
         out["path"] = image_path(root, out["relpath"])
         out["annotated_at"] = created.isoformat(timespec="seconds") if created else None

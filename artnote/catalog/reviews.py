@@ -116,8 +116,9 @@ def add_reviews(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         return 0
     now = utcnow()
     conn.execute(insert(reviews), [{**r, "created_at": now} for r in rows])
-    # Same transaction: `artnote search` finds a correction as soon as it exists.
-    search.refresh(conn, {r["sha256"] for r in rows if r["kind"] == "correction"})
+    # Same transaction: `artnote search` finds a correction as soon as it exists, and the
+    # current_annotations view shows the new status.
+    search.refresh(conn, {r["sha256"] for r in rows})
     return len(rows)
 
 
@@ -186,6 +187,7 @@ def overlay(row: dict[str, Any], state: ReviewState | None) -> dict[str, Any]:
     if state is None:
         row["status"] = "draft"
         row["reviewed_by"] = row["reviewed_at"] = None
+        row["corrected_fields"] = []
         return row
     for name in TEXT_FIELDS:
         if name in state.corrections:
@@ -196,6 +198,7 @@ def overlay(row: dict[str, Any], state: ReviewState | None) -> dict[str, Any]:
             row[column] = float(dist[label])
         row["dominant_emotion"] = dominant(state.corrections["emotion"])
     row["status"] = state.status
+    row["corrected_fields"] = sorted(state.corrections)  # review fields a person rewrote
     row["reviewed_by"] = state.by
     row["reviewed_at"] = state.at.isoformat(timespec="seconds") if state.at else None
     return row

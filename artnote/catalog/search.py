@@ -12,6 +12,7 @@ word by word so that FTS5's query syntax cannot be injected either.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any, cast
@@ -32,30 +33,41 @@ from sqlalchemy import (
 
 from artnote.catalog.models import Review, SearchText
 from artnote.catalog.queries import annotations, chunks, collections, image_path, images
+from artnote.emotions import EMOTIONS
 
 search_texts = cast(Table, SearchText.__table__)
 reviews = cast(Table, Review.__table__)
 
-FIELDS = ("alt_text", "description", "explanation")
+FIELDS = ("alt_text", "description", "explanation")  # searched
+COLUMNS = (*FIELDS, "dominant_emotion")  # kept current from annotations and corrections
 
 
 def refresh(conn: Connection, sha256s: Iterable[str]) -> None:
-    """Recompute the searchable texts of these contents from their annotations and
-    corrections (call inside the write transaction that changed them)."""
+    """Recompute the current texts, dominant emotion and review status of these contents
+    from their annotations and reviews (call inside the write transaction that changed
+    them)."""
     a, r = annotations, reviews
     for chunk in chunks(sorted(set(sha256s))):
         current: dict[str, dict[str, str | None]] = {}
         newest = select(func.max(a.c.id)).where(a.c.sha256.in_(chunk)).group_by(a.c.sha256)
-        stmt = select(a.c.sha256, *(a.c[f] for f in FIELDS)).where(a.c.id.in_(newest))
+        stmt = select(a.c.sha256, *(a.c[f] for f in COLUMNS)).where(a.c.id.in_(newest))
         for sha, *values in conn.execute(stmt):
-            current[sha] = dict(zip(FIELDS, values, strict=True))
-        corrections = (
-            select(r.c.sha256, r.c.field, r.c.value)
-            .where(r.c.sha256.in_(chunk), r.c.kind == "correction", r.c.field.in_(FIELDS))
+            current[sha] = {**dict(zip(COLUMNS, values, strict=True)), "status": "draft"}
+        history = (
+            select(r.c.sha256, r.c.kind, r.c.field, r.c.value)
+            .where(r.c.sha256.in_(chunk))
             .order_by(r.c.id)  # the newest correction of a field wins
         )
-        for sha, name, value in conn.execute(corrections):
-            current.setdefault(sha, dict.fromkeys(FIELDS))[name] = value
+        for sha, kind, name, value in conn.execute(history):
+            values = current.setdefault(sha, {**dict.fromkeys(COLUMNS), "status": "draft"})
+            values["status"] = _next_status(values["status"], kind, name)
+            if kind != "correction":
+                continue
+            if name in FIELDS:
+                values[name] = value
+            elif name == "emotion" and value:
+                dist = json.loads(value)
+                values["dominant_emotion"] = max(EMOTIONS, key=lambda e: dist.get(e, 0.0))
         if not current:
             continue
         known = set(
@@ -68,12 +80,21 @@ def refresh(conn: Connection, sha256s: Iterable[str]) -> None:
             conn.execute(
                 update(search_texts)
                 .where(search_texts.c.sha256 == bindparam("b_sha"))
-                .values({f: bindparam(f) for f in FIELDS}),
+                .values({f: bindparam(f) for f in (*COLUMNS, "status")}),
                 rows,
             )
         new = [{"sha256": sha, **values} for sha, values in current.items() if sha not in known]
         if new:
             conn.execute(insert(search_texts), new)
+
+
+def _next_status(status: str, kind: str, name: str | None) -> str:
+    """A content's review status after one more review (as reviews.review_states)."""
+    if kind == "correction":
+        return "corrected"
+    if name is None:  # the whole annotation approved
+        return "approved"
+    return "corrected" if status == "draft" else status
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
