@@ -196,12 +196,14 @@ def export_xmp(
     else:
         report = xmp.write_sidecars(rows, out_dir=out, naming=naming)
         what = "sidecars" + (f" under {out}" if out else " beside the images")
-    for path, why in report.failed[:20]:
-        _err(f"  failed: {path}: {why}")
-    if len(report.failed) > 20:
-        _err(f"  ... and {len(report.failed) - 20} more")
-    _err(f"wrote {report.written} {what}; {len(report.failed)} failed")
-    if report.failed:
+    for path, why in report.skipped[:20]:
+        _err(f"  not written: {path}: {why}")
+    if len(report.skipped) > 20:
+        _err(f"  ... and {len(report.skipped) - 20} more")
+    _err(f"wrote {report.written} {what}; {len(report.skipped)} not written")
+    if report.skipped and embed_into is None and out is None and not report.written:
+        _err("Collection on read-only storage? Write the sidecars elsewhere with --out DIR.")
+    if report.skipped:
         raise typer.Exit(3)  # as a scan with failures: the rest was written
 
 

@@ -4,6 +4,8 @@
                                                         (and find made to stat each file)
     python bench/perf_checks.py export [--rows 100000]    export csv vs `sqlite3 -csv`, same columns
     python bench/perf_checks.py memory [--small 200 --large 2000]    peak RSS of two scans
+    python bench/perf_checks.py export-memory [--small 10000 --large 100000]
+                                                        peak RSS of every export format
 
 Each prints measured times (best of --repeat runs) and their ratio.
 """
@@ -221,11 +223,6 @@ def check_memory(small: int, large: int) -> dict[str, Any]:
             for i in range(count):
                 colour = tuple(rng.randrange(256) for _ in range(3))
                 Image.new("RGB", (320, 240), colour).save(folder / f"{i:05d}.jpg", quality=90)
-            code = (
-                "import resource, sys; from artnote.cli import main; sys.argv = sys.argv[1:]\n"
-                "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-                "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-            )
             env = {
                 **os.environ,
                 "ARTNOTE_GENERATION_ALT_TEXT_TOKENS": "4",
@@ -234,32 +231,74 @@ def check_memory(small: int, large: int) -> dict[str, Any]:
                 "ARTNOTE_CACHE_DIR": str(Path(tmp) / "cache"),
             }
             start = time.perf_counter()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    code,
-                    "artnote",
-                    "scan",
-                    str(folder),
-                    "--quiet",
-                    "--model",
-                    str(model),
-                    "--catalog",
-                    str(Path(tmp) / f"{name}.db"),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            )
-            peak_kb = int(proc.stdout.split("PEAK")[-1])
-            result[f"{name}_peak_rss_mb"] = peak_kb / 1024
+            argv = ["scan", str(folder), "--quiet", "--model", str(model)]
+            argv += ["--catalog", str(Path(tmp) / f"{name}.db")]
+            result[f"{name}_peak_rss_mb"] = _peak_rss_mb(argv, env)
             result[f"{name}_seconds"] = time.perf_counter() - start
         del result["warmup_peak_rss_mb"], result["warmup_seconds"]
         result["ratio"] = result["large_peak_rss_mb"] / result["small_peak_rss_mb"]
         result["target"] = 1.2
     return result
+
+
+EXPORT_FORMATS = {  # format -> its arguments after `artnote export` (OUT: a folder or file)
+    "csv": ["csv", "--out", "OUT.csv"],
+    "jsonl": ["jsonl", "--out", "OUT.jsonl"],
+    "iiif": ["iiif", "--base-url", "https://museum.example/", "--out", "OUT"],
+    "label-studio": ["label-studio", "--out", "OUT.json"],
+    "xmp": ["xmp", "--sidecars", "--out", "OUT"],
+}
+
+
+def check_export_memory(small: int, large: int) -> dict[str, Any]:
+    """Peak RSS of each `artnote export` format (a child process each) on a small and a
+    large catalog (folders of 1,000 images): flat memory means a ratio near 1."""
+    import sqlite3
+
+    result: dict[str, Any] = {"check": "export-memory", "small": small, "large": large}
+    with tempfile.TemporaryDirectory(prefix="artnote-export-memory-") as tmp:
+        for name, count in (("small", small), ("large", large)):
+            root = Path(tmp) / name
+            for i in range(count):
+                path = root / f"{i // 1000:03d}" / f"{i:07d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"%d" % i)  # only the hash matters; sizes are set below
+            db = Path(tmp) / f"{name}.db"
+            _catalog_with(root, db, count)
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE images SET width = 640, height = 480")
+            for fmt, args in EXPORT_FORMATS.items():
+                out = str(Path(tmp) / f"{name}-{fmt}")
+                argv = ["export", *(a.replace("OUT", out) for a in args), "--catalog", str(db)]
+                result[f"{fmt}_{name}_peak_rss_mb"] = _peak_rss_mb(argv)
+    ratios = [
+        result[f"{f}_large_peak_rss_mb"] / result[f"{f}_small_peak_rss_mb"] for f in EXPORT_FORMATS
+    ]
+    for fmt, ratio in zip(EXPORT_FORMATS, ratios, strict=True):
+        result[f"{fmt}_ratio"] = ratio
+    result["ratio"] = max(ratios)
+    result["target"] = 1.2
+    return result
+
+
+def _peak_rss_mb(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Run `artnote ARGV` in a child process; its peak resident memory in MiB."""
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child
+    # would report the (larger) parent's peak. VmHWM belongs to the new address space.
+    code = (
+        "import re, sys; from artnote.cli import main; sys.argv = sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('PEAK', re.search(r'VmHWM:\\s+(\\d+)', status).group(1))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "artnote", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return int(proc.stdout.split("PEAK")[-1]) / 1024
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -274,12 +313,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = sub.add_parser("memory")
     p.add_argument("--small", type=int, default=200)
     p.add_argument("--large", type=int, default=2000)
+    p = sub.add_parser("export-memory")
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--large", type=int, default=100_000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.check == "rescan":
         result = check_rescan(args.files, args.repeat)
     elif args.check == "export":
         result = check_export(args.rows, args.repeat)
+    elif args.check == "export-memory":
+        result = check_export_memory(args.small, args.large)
     else:
         result = check_memory(args.small, args.large)
     buf = io.StringIO()
