@@ -1,11 +1,12 @@
 """Commands that bring curators' work in: `artnote correct`, `approve`, `corrections
-import` and `import artemis`. Registered into artnote.cli's app."""
+import`, `corrections import-label-studio` and `import artemis`. Registered into
+artnote.cli's app."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +14,11 @@ from artnote.cli_options import CatalogOpt, ConfigOpt
 from artnote.cli_options import echo_err as _err
 from artnote.cli_options import open_catalog_for as _open_catalog
 from artnote.cli_options import settings_for as _settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from artnote.corrections import ImportReport
 
 EXIT_ERROR = 1
 
@@ -35,6 +41,7 @@ def register(app: typer.Typer, group: type) -> None:
     )
     app.add_typer(corrections_app, name="corrections")
     corrections_app.command("import")(corrections_import)
+    corrections_app.command("import-label-studio")(corrections_import_label_studio)
     import_app = typer.Typer(
         cls=group, help="Import curated annotations from elsewhere.", no_args_is_help=True
     )
@@ -138,20 +145,65 @@ def corrections_import(
 
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     report = import_csv(cat, file, _by(by), skip_bad=skip_bad)
-    for line, reason in report.bad:
-        _err(f"{file}:{line}: {reason}")
+    _import_summary(report, lambda line: f"{file}:{line}", "row", "the explanation column")
+
+
+def corrections_import_label_studio(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="EXPORT.json",
+            help="A Label Studio JSON export of a project made from `artnote export "
+            "label-studio` tasks.",
+        ),
+    ],
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            metavar="NAME",
+            help="Who made the changes, kept with them (default: the annotator the export "
+            "names, when one person did them all; else $USER).",
+            envvar="ARTNOTE_BY",
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Import the good tasks even if some are bad.")
+    ] = False,
+    catalog: CatalogOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import what annotators changed in Label Studio as corrections and approvals (all or
+    nothing)."""
+    from artnote.interchange.label_studio import import_label_studio
+
+    cat = _open_catalog(_settings(config, catalog={"url": catalog}))
+    fallback = _by(None)
+    report = import_label_studio(cat, file, by, skip_bad=skip_bad, fallback_by=fallback)
+    _import_summary(report, lambda task: f"{file}: task {task}", "task", "Label Studio")
+    if by is None and report.by != fallback:
+        _err(f"recorded as by {report.by}, the annotator the export names")
+
+
+def _import_summary(
+    report: ImportReport, where: Callable[[int], str], unit: str, fix_explanation_in: str
+) -> None:
+    """Print an import's bad records, outcome and held-back approvals; exit 1 when nothing
+    was imported. `where`: record number -> its place in messages."""
+    for number, reason in report.bad:
+        _err(f"{where(number)}: {reason}")
     if not report.imported:
-        _err(f"nothing imported: {len(report.bad)} bad row(s); fix them or use --skip-bad")
+        _err(f"nothing imported: {len(report.bad)} bad {unit}(s); fix them or use --skip-bad")
         raise typer.Exit(EXIT_ERROR)
     _err(
         f"imported {report.corrections} corrections and {report.approvals} approvals from "
-        f"{report.rows} rows ({report.unchanged_rows} unchanged"
+        f"{report.rows} {unit}s ({report.unchanged_rows} unchanged"
         + (f", {len(report.bad)} bad skipped)" if report.bad else ")")
     )
-    for line, stale in report.held_back:
+    for number, stale in report.held_back:
         _err(
-            f"{file}:{line}: explanation not approved: written for {stale.written_for}, "
-            f"emotion is now {stale.emotion}; correct it in the explanation column"
+            f"{where(number)}: explanation not approved: written for {stale.written_for}, "
+            f"emotion is now {stale.emotion}; correct it in {fix_explanation_in}"
         )
 
 

@@ -62,16 +62,21 @@ class CorrectionError(ArtnoteError):
     """A correction that cannot be accepted (unknown image, bad emotion, too long)."""
 
 
+ReviewItem = tuple[int, str, str | None, str | None]  # Catalog.add_reviews: id, kind, field, value
+
+
 @dataclass
 class ImportReport:
     rows: int = 0
     corrections: int = 0
     approvals: int = 0
     unchanged_rows: int = 0
-    bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    # (line number, or the task of a Label Studio export, reason)
+    bad: list[tuple[int, str]] = field(default_factory=list)
     imported: bool = False
     # (line number, why): rows approved whose explanation was written for another emotion
     held_back: list[tuple[int, StaleExplanation]] = field(default_factory=list)
+    by: str | None = None  # whom the reviews were recorded for
 
 
 @dataclass
@@ -189,12 +194,9 @@ def import_csv(
     catalog: Catalog, path: Path, by: str | None, skip_bad: bool = False
 ) -> ImportReport:
     """Turn the cells of an edited export that differ from the catalog into corrections."""
-    current = list(catalog.export_rows())
-    by_sha = {r["sha256"]: r for r in current}
-    by_path = {r["path"]: r for r in current}
-    roots = catalog.collection_roots()
+    matcher = RowMatcher(catalog)
     report = ImportReport()
-    items: list[tuple[int, str, str | None, str | None]] = []
+    items: list[ReviewItem] = []
     approved_on: dict[int, int] = {}  # image id -> line of the row that approved it
     handle, encoding = _open_text(path)
     with handle:
@@ -237,21 +239,59 @@ def import_csv(
             report.rows += 1
             record = dict(zip(header, cells, strict=False))
             try:
-                row_items = _row_items(record, by_sha, by_path, roots)
+                row_items = matcher.items(record)
             except CorrectionError as exc:
                 report.bad.append((line, str(exc)))
                 continue
             report.unchanged_rows += not row_items
             items += row_items
             approved_on.update((i[0], line) for i in row_items if i[1] == "approval")
+    return finish_import(
+        catalog, matcher, report, items, approved_on, by=by, source="csv", skip_bad=skip_bad
+    )
+
+
+class RowMatcher:
+    """The catalog's current rows, against which edited records become reviews."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.current = list(catalog.export_rows())
+        self.by_sha = {r["sha256"]: r for r in self.current}
+        self.by_path = {r["path"]: r for r in self.current}
+        self.roots = catalog.collection_roots()
+
+    def items(self, record: Mapping[str, str], *, from_csv: bool = True) -> list[ReviewItem]:
+        """The reviews an edited record asks for: corrections for the fields (CSV columns:
+        alt_text, description, dominant_emotion, explanation) that differ from the catalog,
+        an approval for status "approved"; the image by sha256, then path. CorrectionError
+        for an unknown image or a value check_value refuses. `from_csv`: undo the CSV
+        export's formula neutralising first."""
+        return _row_items(record, self.by_sha, self.by_path, self.roots, from_csv)
+
+
+def finish_import(
+    catalog: Catalog,
+    matcher: RowMatcher,
+    report: ImportReport,
+    items: list[ReviewItem],
+    approved_on: dict[int, int],
+    *,
+    by: str | None,
+    source: str,
+    skip_bad: bool,
+) -> ImportReport:
+    """Write a validated import in one transaction, unless it had bad records and not
+    `skip_bad`. `approved_on`: image id -> the record (line) that approved it."""
     if report.bad and not skip_bad:
         return report
     report.corrections = sum(1 for i in items if i[1] == "correction")
     report.approvals = sum(1 for i in items if i[1] == "approval")
-    catalog.add_reviews(items, by=by, source="csv")
-    report.imported = True
+    catalog.add_reviews(items, by=by, source=source)
+    report.imported, report.by = True, by
     if approved_on:
-        sha_of = {r["image_id"]: r["sha256"] for r in current if r["image_id"] in approved_on}
+        sha_of = {
+            r["image_id"]: r["sha256"] for r in matcher.current if r["image_id"] in approved_on
+        }
         stale = catalog.stale_explanations(set(sha_of.values()))
         report.held_back = sorted(
             ((line, stale[sha_of[i]]) for i, line in approved_on.items() if sha_of[i] in stale),
@@ -327,9 +367,16 @@ def _listed(names: list[str], most: int = 12, width: int = 40) -> str:
     return ", ".join(shown) + more
 
 
-def _row_items(record, by_sha, by_path, roots) -> list[tuple[int, str, str | None, str | None]]:
+def _row_items(
+    record: Mapping[str, str],
+    by_sha: Mapping[str, dict],
+    by_path: Mapping[str, dict],
+    roots: list[str],
+    from_csv: bool = True,
+) -> list[ReviewItem]:
+    plain = _plain if from_csv else str
     sha = (record.get("sha256") or "").strip()
-    path = _plain(record.get("path") or "").strip()
+    path = plain(record.get("path") or "").strip()
     if path and not _inside(path, roots):
         raise CorrectionError(f"path {path!r} is outside the catalog's collections")
     row = by_sha.get(sha) if sha else None
@@ -338,17 +385,17 @@ def _row_items(record, by_sha, by_path, roots) -> list[tuple[int, str, str | Non
         # image now, whose annotation the row's unedited cells would all "correct".
         raise CorrectionError(
             f"image {path or sha[:12]} changed since this export (its sha256 {sha[:12]} is no "
-            "longer in the catalog); export again and redo this row"
+            "longer in the catalog); export again and redo its changes there"
         )
     if row is None and path:  # no sha256 column, or a cell a spreadsheet mangled
         row = by_path.get(path)
     if row is None:
         raise CorrectionError(f"unknown image (sha256 {sha[:12] or '-'}, path {path or '-'})")
-    out: list[tuple[int, str, str | None, str | None]] = []
+    out: list[ReviewItem] = []
     for column, review_field in COLUMNS.items():
         if column not in record:
             continue
-        cell = _plain(record[column])
+        cell = plain(record[column])
         now = row[column] or ""
         if review_field == "emotion":
             if normalise_emotion(cell) == normalise_emotion(now) or (not cell.strip() and not now):

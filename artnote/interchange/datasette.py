@@ -47,8 +47,7 @@ TABLES: dict[str, str] = {
     "collections": "Scanned folders.",
     "runs": "Each scan and fine-tune run: settings, counts and outcome.",
     "adapters": "Adapters trained by artnote finetune.",
-    "reference_texts": "Every human text known per content (ArtEmis utterances), for "
-    "evaluation.",
+    "reference_texts": "Every human text known per content (ArtEmis utterances), for evaluation.",
 }
 
 HIDDEN = (
