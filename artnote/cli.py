@@ -99,8 +99,19 @@ def scan(
     force: Annotated[bool, typer.Option(help="Annotate every image again.")] = False,
     reannotate: Annotated[
         bool,
-        typer.Option(help="Re-annotate images annotated with another adapter (corrections stay)."),
+        typer.Option(
+            help="Re-annotate images annotated with another adapter or another prompt (a "
+            "record added or changed, with --use-records); corrections stay."
+        ),
     ] = False,
+    use_records: Annotated[
+        bool | None,
+        typer.Option(
+            "--use-records/--no-use-records",
+            help="Put each image's object record (artnote import records) before the "
+            "questions: grounded prompting (default: [prompt] use_records).",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
@@ -141,6 +152,7 @@ def scan(
         catalog={"url": catalog},
         model={"name": model, "device": device, "adapter": adapter},
         scan={"batch_size": batch_size},
+        prompt={"use_records": use_records},
     )
     if limit is not None and limit < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--limit")
@@ -197,6 +209,8 @@ def scan(
         progress=not quiet,  # a bar on a terminal, a line every 30 s in a log
     )
     if not quiet:
+        if summary.reasons_line():
+            _err(summary.reasons_line())
         _err(summary.line())
         for path, reason in summary.failures[:20]:
             _err(f"  failed: {path}: {reason}")
@@ -214,7 +228,8 @@ def status(
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Counts of images, annotations, failures, corrections, adapters and runs."""
+    """Counts of images, annotations, failures, corrections, adapters and runs; of objects
+    with and without images, and images without a record, once records were imported."""
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     counts = cat.status_counts()
     failures = cat.failures()
@@ -224,8 +239,9 @@ def status(
         )
         return
     typer.echo(f"catalog: {cat.where}")
+    width = max(10, *map(len, counts))  # record counts have longer names
     for key, value in counts.items():
-        typer.echo(f"{key:>10}: {value}")
+        typer.echo(f"{key:>{width}}: {value}")
     for path, reason in failures:
         typer.echo(f"failed: {path}: {reason}")
 
@@ -233,7 +249,11 @@ def status(
 @app.command()
 def search(
     query: Annotated[
-        str, typer.Argument(help="Words to find in alt text, descriptions and explanations.")
+        str,
+        typer.Argument(
+            help="Words to find in alt text, descriptions and explanations, or in the title "
+            "and maker of an object's record."
+        ),
     ],
     limit: Annotated[int, typer.Option(metavar="N", help="At most N results.")] = 20,
     json_out: JsonOpt = False,
@@ -241,7 +261,7 @@ def search(
     config: ConfigOpt = None,
 ) -> None:
     """Full-text search over the current values (curators' corrections over the model's
-    text), best match first."""
+    text) and the titles and makers of imported records, best match first."""
     cat = _open_catalog(_settings(config, catalog={"url": catalog}))
     hits = cat.search(query, limit=limit)
     if json_out:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from artnote import cli_records
 from artnote.cli_options import CatalogOpt, ConfigOpt
 from artnote.cli_options import echo_err as _err
 from artnote.cli_options import open_catalog_for as _open_catalog
@@ -47,6 +48,7 @@ def register(app: typer.Typer, group: type) -> None:
     )
     app.add_typer(import_app, name="import")
     import_app.command("artemis")(import_artemis_cmd)
+    cli_records.register(import_app)
 
 
 def _by(by: str | None) -> str | None:

@@ -61,6 +61,13 @@ class TrainSettings:
 
 
 @dataclass
+class PromptSettings:
+    # Grounded prompting: the facts of an image's object record (artnote import records:
+    # title, maker, date, medium) go before each question, for scan and finetune alike.
+    use_records: bool = False
+
+
+@dataclass
 class CatalogSettings:
     url: str = "artnote.db"  # a path (SQLite) or any SQLAlchemy URL
 
@@ -72,6 +79,7 @@ class Settings:
     scan: ScanSettings = field(default_factory=ScanSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
 
 
 _SHORTCUTS = {"ARTNOTE_CATALOG": ("catalog", "url"), "ARTNOTE_MODEL": ("model", "name")}

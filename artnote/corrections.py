@@ -19,7 +19,7 @@ import io
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,19 +198,19 @@ def import_csv(
     report = ImportReport()
     items: list[ReviewItem] = []
     approved_on: dict[int, int] = {}  # image id -> line of the row that approved it
-    handle, encoding = _open_text(path)
+    handle, encoding = open_text(path)
     with handle:
-        lines = _decoded_lines(path, handle, encoding)
+        lines = decoded_lines(path, handle, encoding)
         try:
             first = next(lines, "")
         except UnicodeDecodeError as exc:
-            raise _encoding_error(path, None, f"not {encoding} ({exc.reason})") from None
+            raise encoding_error(path, None, f"not {encoding} ({exc.reason})") from None
         if not first:
             raise CorrectionError(f"{path} is not a CSV export of artnote (no header)")
         if "\x00" in first:  # UTF-16 or UTF-32 without a BOM reads as UTF-8 with NULs
-            raise _encoding_error(path, 1, f"NUL characters, so not {encoding} text")
-        delimiter = _delimiter(first)
-        reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+            raise encoding_error(path, 1, f"NUL characters, so not {encoding} text")
+        separator = delimiter(first)
+        reader = csv.reader(itertools.chain([first], lines), delimiter=separator)
         try:
             header = [name.strip() for name in next(reader)]
         except (StopIteration, csv.Error):
@@ -218,7 +218,7 @@ def import_csv(
         if not {"sha256", "path"} & set(header) or not set(COLUMNS) & set(header):
             raise CorrectionError(
                 f"{path} needs a sha256 or path column and at least one of "
-                f"{', '.join(COLUMNS)}; found: {_listed(header)}"
+                f"{', '.join(COLUMNS)}; found: {listed(header)}"
             )
         while True:
             line = reader.line_num + 1
@@ -231,7 +231,7 @@ def import_csv(
                 break
             except UnicodeDecodeError as exc:
                 # Decoded a block ahead of the reader, so the line is not known exactly.
-                raise _encoding_error(
+                raise encoding_error(
                     path, None, f"not {encoding} after line {line - 1} ({exc.reason})"
                 ) from None
             if not any(c.strip() for c in cells):
@@ -300,10 +300,10 @@ def finish_import(
     return report
 
 
-def _open_text(path: Path) -> tuple[io.TextIOWrapper, str]:
+def open_text(path: Path) -> tuple[io.TextIOWrapper, str]:
     """The file as text in the encoding its BOM names (UTF-8 without one), and that name.
 
-    Undecodable bytes become lone surrogates (surrogateescape), so that _decoded_lines
+    Undecodable bytes become lone surrogates (surrogateescape), so that decoded_lines
     can say on which line they are instead of failing somewhere in a block read ahead.
     """
     try:
@@ -323,24 +323,24 @@ def _open_text(path: Path) -> tuple[io.TextIOWrapper, str]:
     return io.TextIOWrapper(raw, encoding=codec, errors="surrogateescape", newline=""), name
 
 
-def _decoded_lines(path: Path, lines: Iterable[str], encoding: str) -> Iterator[str]:
+def decoded_lines(path: Path, lines: Iterable[str], encoding: str) -> Iterator[str]:
     """The lines as the csv reader takes them; CorrectionError at the first one holding
     bytes that are not `encoding`. Lines are counted as csv's line_num counts them."""
     for number, line in enumerate(lines, 1):
         if not line.isascii() and (bad := _UNDECODED.search(line)):
             byte = ord(bad.group()) - 0xDC00
-            raise _encoding_error(path, number, f"byte 0x{byte:02x} is not {encoding}")
+            raise encoding_error(path, number, f"byte 0x{byte:02x} is not {encoding}")
         yield line
 
 
-def _encoding_error(path: Path, line: int | None, what: str) -> CorrectionError:
+def encoding_error(path: Path, line: int | None, what: str) -> CorrectionError:
     where = f"{path}:{line}" if line else str(path)
     return CorrectionError(f"{where}: {what}; {_SAVE_AS}")
 
 
-def _delimiter(header_line: str) -> str:
-    """The delimiter that splits the header into the most artnote column names (then into
-    the most fields, for the error that lists them).
+def delimiter(header_line: str, known: Container[str] = _KNOWN_COLUMNS) -> str:
+    """The delimiter that splits the header into the most `known` column names (artnote's
+    export columns by default), then into the most fields, for the error that lists them.
 
     The header is the one line whose content is known, and no column name holds a comma,
     semicolon or tab; guessing from data rows instead (csv.Sniffer) can be swayed by
@@ -352,12 +352,12 @@ def _delimiter(header_line: str) -> str:
             names = next(csv.reader([header_line], delimiter=delimiter), [])
         except csv.Error:
             return (0, 0)
-        return (sum(n.strip() in _KNOWN_COLUMNS for n in names), len(names))
+        return (sum(n.strip() in known for n in names), len(names))
 
     return max(DELIMITERS, key=score)
 
 
-def _listed(names: list[str], most: int = 12, width: int = 40) -> str:
+def listed(names: list[str], most: int = 12, width: int = 40) -> str:
     if not any(names):
         return "no column names"
     shown = [

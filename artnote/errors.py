@@ -49,3 +49,8 @@ class NotScannableError(ArtnoteError):
 class ConflictError(ArtnoteError):
     """A write based on a revision of an image that has since changed (another review,
     a new annotation): refused, so that nothing someone else wrote is overwritten."""
+
+
+class RecordsError(ArtnoteError):
+    """A file of collection records (or an option of its import) that cannot be imported:
+    a missing key column, an empty or conflicting object number, a bad file name pattern."""

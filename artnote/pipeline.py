@@ -28,6 +28,7 @@ from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
 from artnote.decoding import CHANGED, Decoder
 from artnote.errors import AdapterError, ArtnoteError, ImageError
+from artnote.grounding import RecordContexts
 from artnote.progress import Progress, ProgressFactory, Silent, open_progress
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class ScanSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # folders it could not read
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds
+    # --reannotate: why the images were fed again (adapter | prompt | new) -> how many
+    reannotated: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -71,11 +74,24 @@ class ScanSummary:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("failures", "problems", "stages")
+            if f.name not in ("failures", "problems", "stages", "reannotated")
         }
         out["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         out["images_per_s"] = round(self.images_per_s, 3)
+        if self.reannotated:
+            out["reannotated"] = dict(self.reannotated)
         return out
+
+    def reasons_line(self) -> str:
+        """--reannotate, why images are fed again: 'to annotate: 3 (another prompt: a record
+        added or changed, or prompts updated), 2 (another adapter)'; '' for none."""
+        why = {
+            "prompt": "another prompt: a record added or changed, or prompts updated",
+            "adapter": "another adapter",
+            "new": "not annotated yet",
+        }
+        parts = [f"{n} ({why[r]})" for r, n in self.reannotated.items() if n and r in why]
+        return "to annotate: " + ", ".join(parts) if parts else ""
 
     def line(self) -> str:
         """The one-line summary: 'completed in 12.3 s, 10 files: 8 annotated (0.65 images/s),
@@ -132,6 +148,7 @@ def scan(
     limit: int | None = None,
     progress: bool | ProgressFactory = False,
     engine: Callable[..., None] | None = None,
+    use_records: bool | None = None,
 ) -> ScanSummary:
     """Annotate what is new or changed in the folder `root`, or the one image file `root`.
 
@@ -141,7 +158,12 @@ def scan(
     on stderr; or a factory, total -> reporter. The path is checked before anything is
     written to the catalog. `engine`: what annotates the pending images instead of this
     process (artnote.ray_engine.RayEngine; called as _annotate is, without the factory).
+    `use_records` (default: settings.prompt.use_records): grounded prompting, each image's
+    object record before the questions; with `reannotate`, images whose current annotation
+    was made with another prompt (a record added or changed) are annotated again too.
     """
+    if use_records is None:
+        use_records = settings.prompt.use_records
     target = check_scan_target(root, settings.scan.extensions)
     target = discover.in_collection(target, catalog.collection_roots())
     folder, only = target.folder, target.file
@@ -161,16 +183,22 @@ def scan(
     fed: set[str] = set()  # contents the model annotated in this run
     try:
         needed = _discover(walk, collection, run_id, settings, catalog, summary)
+        catalog.link_images(collection)  # files new to the catalog join their objects' records
         pending = []
         if needed or force or reannotate:
+            contexts = RecordContexts(catalog, use_records)
             pending = catalog.pending_images(
                 collection,
                 force=force,
                 limit=limit if only is None else None,
                 reannotate=reannotate,
                 adapter=adapter_hash,
+                expected_prompts=contexts.prompt_hashes,
             )
-            pending = walk.restrict(pending, catalog, collection, force)
+            pending = contexts.attach(walk.restrict(pending, catalog, collection, force))
+            if reannotate and not force:
+                for item in pending:
+                    summary.reannotated[item.reason] = summary.reannotated.get(item.reason, 0) + 1
         if pending:
             walk.touched = True
             fresh_only = not (force or reannotate)
@@ -397,8 +425,12 @@ def run_model(annotator, good) -> tuple[list[tuple[int, Any]], list[tuple[int, s
     """Annotate a batch; if the batch fails, retry one by one so one bad image costs only itself."""
     if not good:
         return [], []
+    contexts = [getattr(item, "context", "") for item, _ in good]
     try:
-        out = annotator.annotate([d.image for _, d in good])
+        if any(contexts):  # grounded prompting: each image's record before the questions
+            out = annotator.annotate([d.image for _, d in good], contexts)
+        else:
+            out = annotator.annotate([d.image for _, d in good])
         return [(item.image_id, a) for (item, _), a in zip(good, out, strict=True)], []
     except (ArtnoteError, RuntimeError, ValueError) as exc:
         if len(good) == 1:

@@ -106,7 +106,7 @@ class RayEngine:
         target = _input_size(settings)
         rows = [
             {"image_id": p.image_id, "sha256": p.sha256, "path": p.path, "size": p.size,
-             "mtime_ns": p.mtime_ns}
+             "mtime_ns": p.mtime_ns, "context": p.context}
             for p in pending
         ]  # fmt: skip
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch)))
@@ -236,7 +236,8 @@ def _decode_rows(batch: dict[str, Any], max_pixels: int, target: int | None) -> 
         result = decode_pending(item, max_pixels, target)
         row = {"image_id": item.image_id, "sha256": item.sha256, "pixels": b"", "w": 0, "h": 0,
                "width": 0, "height": 0, "format": "", "mode": "", "error": "",
-               "of_content": False, "changed": result is CHANGED}  # fmt: skip
+               "of_content": False, "changed": result is CHANGED,
+               "context": str(batch["context"][i])}  # fmt: skip
         if isinstance(result, ImageError):
             row.update(error=str(result), of_content=bool(result.of_content))
         elif result is not CHANGED:
@@ -250,8 +251,8 @@ def _decode_rows(batch: dict[str, Any], max_pixels: int, target: int | None) -> 
 
 
 _DECODED = ("image_id", "sha256", "pixels", "w", "h", "width", "height", "format", "mode",
-            "error", "of_content", "changed")  # fmt: skip
-_OBJECTS = ("sha256", "pixels", "format", "mode", "error")
+            "error", "of_content", "changed", "context")  # fmt: skip
+_OBJECTS = ("sha256", "pixels", "format", "mode", "error", "context")
 
 
 class _Annotate:
@@ -281,8 +282,9 @@ class _Annotate:
                 continue
             size = (int(batch["w"][i]), int(batch["h"][i]))
             image = Image.frombytes("RGB", size, batch["pixels"][i])
-            good.append((SimpleNamespace(image_id=int(batch["image_id"][i])),
-                         SimpleNamespace(image=image)))  # fmt: skip
+            item = SimpleNamespace(image_id=int(batch["image_id"][i]),
+                                   context=str(batch["context"][i]))  # fmt: skip
+            good.append((item, SimpleNamespace(image=image)))
         done, failed = pipeline.run_model(self.annotator, good)
         texts = {image_id: json.dumps(a.to_dict()) for image_id, a in done}
         errors = dict(failed)

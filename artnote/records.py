@@ -53,3 +53,25 @@ def annotation_from_dict(data: dict[str, Any]) -> Annotation:
     values = dict(data)
     values["provenance"] = Provenance(**values["provenance"])
     return Annotation(**values)
+
+
+# The catalogue fields of an object record that artnote knows by name (artnote import
+# records); anything else in a collection system's export is kept in `extra`.
+RECORD_FIELDS = ("title", "maker", "date", "medium", "dimensions", "credit_line", "rights")
+
+
+@dataclass
+class CollectionRecord:
+    """A museum's record of one object (its current revision), as imported from a
+    collection system: what the museum already knows about the work."""
+
+    object_number: str  # the accession number, the museum's key
+    title: str | None = None
+    maker: str | None = None  # artist, maker or culture, as the museum displays it
+    date: str | None = None  # as written ("c. 1831", "1889")
+    medium: str | None = None
+    dimensions: str | None = None
+    credit_line: str | None = None
+    rights: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other columns, kept as given
+    revision: int = 1  # 1 for the first import, +1 each time an import changes the record

@@ -117,6 +117,49 @@ def annotated_art(tmp_path, art_paths) -> tuple[Path, Path, dict[str, int]]:
     return db, folder, {Path(r).stem.split("_")[0]: i for r, i in ids.items()}
 
 
+def whole_prompt_logliks(annotator, image, prompt: str) -> list[float]:
+    """The nine labels' log-likelihoods after `prompt` (the emotion question's whole text,
+    image placeholder included), each computed plainly: processor, model, label tokens."""
+    import torch
+
+    from artnote.emotions import EMOTIONS
+
+    loaded = annotator.loaded
+    out = []
+    for k, emotion in enumerate(EMOTIONS):
+        nested = [[image]] if loaded.family.name == "idefics3" else [image]
+        enc = loaded.processor(text=[prompt + " " + emotion], images=nested, return_tensors="pt")
+        enc = enc.to(loaded.device, dtype=loaded.dtype)
+        ids = enc["input_ids"][0]
+        n = len(annotator.label_ids[k])
+        assert ids[-n:].tolist() == annotator.label_ids[k]  # the labels' tokens as scored
+        with torch.no_grad():
+            logp = torch.log_softmax(loaded.model(**enc).logits[0].float(), dim=-1)
+        out.append(float(sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]] for j in range(n))))
+    return out
+
+
+@pytest.fixture
+def tiny_cli(tiny_models, onnx_cache, monkeypatch, tmp_path):
+    """run(*args, code=0): `artnote ARGS` in this process on the tiny SmolVLM, with the
+    catalog tmp_path/catalog.db and the session's ONNX cache; returns the result."""
+    from typer.testing import CliRunner
+
+    from artnote.cli import app
+
+    monkeypatch.setenv("ARTNOTE_CATALOG", str(tmp_path / "catalog.db"))
+    monkeypatch.setenv("ARTNOTE_CACHE_DIR", str(onnx_cache))
+    monkeypatch.setenv("ARTNOTE_MODEL", str(tiny_models["smolvlm"]))
+    runner = CliRunner()
+
+    def run(*args, code: int = 0):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """No test reads the user's config or catalog, or reaches the hub."""

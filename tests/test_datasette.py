@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from conftest import annotate_files, peaked
 from datasette.app import Datasette
@@ -73,23 +74,28 @@ def test_datasette_serves_the_catalog_with_facets_and_search(annotated_art, tmp_
     assert result.exit_code == 0, result.output
     ds = Datasette([str(db)], metadata=json.loads(out.read_text()))
 
-    async def get(path: str) -> dict:
+    async def fetch(path: str) -> dict:
         response = await ds.client.get(path)
         assert response.status_code == 200, response.text[:500]
         return response.json()
 
+    def get(path: str) -> dict:
+        # A thread of its own: a session fixture (Playwright's) may hold this thread's loop.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, fetch(path)).result()
+
     table = "/catalog/current_annotations.json"
-    faceted = asyncio.run(get(table + "?_facet=status"))
+    faceted = get(table + "?_facet=status")
     facet = {r["value"]: r["count"] for r in faceted["facet_results"]["status"]["results"]}
     assert facet == counts == {"draft": 3, "corrected": 4, "approved": 1}
-    found = asyncio.run(get(table + "?_search=claws&_shape=objects"))
+    found = get(table + "?_search=claws&_shape=objects")
     assert [r["image_id"] for r in found["rows"]] == [ids["hokusai"]]  # a curator's word
-    found = asyncio.run(get(table + "?_search=turner&_shape=objects"))
+    found = get(table + "?_search=turner&_shape=objects")
     assert [r["image_id"] for r in found["rows"]] == [ids["turner"]]  # the model's words
-    approved = asyncio.run(get(table + "?status=approved&_shape=objects"))
+    approved = get(table + "?status=approved&_shape=objects")
     assert [r["image_id"] for r in approved["rows"]] == [ids["picabia"]]
-    assert asyncio.run(get("/catalog/search_fts_data.json"))  # hidden, not removed
-    index = asyncio.run(get("/catalog.json"))
+    assert get("/catalog/search_fts_data.json")  # hidden, not removed
+    index = get("/catalog.json")
     shown = {t["name"] for t in index["tables"] if not t["hidden"]}
     assert "search_fts_data" not in shown and "images" in shown
 

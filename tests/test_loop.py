@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from artnote.catalog import open_catalog
-from artnote.cli import app
 
 CORRECTED = "A small ship fights a stormy sea under a dark sky."
 SHORT = {
@@ -24,20 +22,10 @@ SHORT = {
 
 
 @pytest.fixture
-def cli(tiny_models, onnx_cache, monkeypatch, tmp_path):
-    monkeypatch.setenv("ARTNOTE_CATALOG", str(tmp_path / "catalog.db"))
-    monkeypatch.setenv("ARTNOTE_CACHE_DIR", str(onnx_cache))
-    monkeypatch.setenv("ARTNOTE_MODEL", str(tiny_models["smolvlm"]))
+def cli(tiny_cli, monkeypatch):
     for key, value in SHORT.items():
         monkeypatch.setenv(key, value)
-    runner = CliRunner()
-
-    def run(*args, code: int = 0):
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.output, result.exception)
-        return result
-
-    return run
+    return tiny_cli
 
 
 def _rows(cli) -> dict[str, dict[str, str]]:

@@ -117,7 +117,7 @@ def finetune(
     from artnote.config import load_settings
     from artnote.model.adapters import read_adapter_config
     from artnote.pipeline import resolve_adapter
-    from trainer.data import CuratedImage, curated_model
+    from trainer.data import curated_images, curated_model
     from trainer.finetune import finetune as run
     from trainer.finetune import resolve_hyperparameters
 
@@ -138,7 +138,7 @@ def finetune(
     out = (out or data_dir(settings.catalog.url) / "adapters" / name).resolve()
     _check_out(out, registered, resume)
     start_from, _ = resolve_adapter(cat, from_adapter)
-    curated = [CuratedImage.from_row(row) for row in rows]
+    curated = curated_images(rows, cat, settings.prompt.use_records)
     given = {
         "epochs": epochs,
         "lr": lr,

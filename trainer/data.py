@@ -29,6 +29,7 @@ class Sample:
     # Every reference text for evaluation (the curated one first; ArtEmis has ~5 per
     # painting); empty: just `text`.
     references: tuple[str, ...] = ()
+    context: str = ""  # grounded prompting: the record facts before the question, as scanned
 
     def refs(self) -> tuple[str, ...]:
         return self.references or (self.text,)
@@ -48,6 +49,8 @@ class CuratedImage:
     references: dict[str, list[str]] = field(default_factory=dict)  # field -> every reference
     model: str | None = None  # the model whose annotation was curated (None: imported data)
     extra: dict = field(default_factory=dict)
+    image_id: int | None = None  # the catalog's image row (its object record, if any)
+    context: str = ""  # grounded prompting: its record's facts (artnote.grounding)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> CuratedImage:
@@ -62,7 +65,23 @@ class CuratedImage:
             dominant_emotion=row.get("dominant_emotion"),
             references=dict(row.get("references") or {}),
             model=row.get("model"),
+            image_id=row.get("image_id"),
         )
+
+
+def curated_images(
+    rows: list[dict[str, Any]], catalog: Any, use_records: bool
+) -> list[CuratedImage]:
+    """Catalog.curated() rows as CuratedImage, each with the record facts its prompts get
+    at scan time when `use_records` (so an adapter learns the questions it is asked)."""
+    from artnote.grounding import RecordContexts
+
+    images = [CuratedImage.from_row(row) for row in rows]
+    known = [im for im in images if im.image_id is not None]
+    contexts = RecordContexts(catalog, use_records).for_ids([im.image_id for im in known])
+    for im, context in zip(known, contexts, strict=True):
+        im.context = context
+    return images
 
 
 def samples_from(images: list[CuratedImage]) -> list[Sample]:
@@ -84,15 +103,17 @@ def samples_from(images: list[CuratedImage]) -> list[Sample]:
                         text=text,
                         dominant=dominant,
                         references=refs if len(refs) > 1 else (),
+                        context=im.context,
                     )
                 )
         if im.emotions:
             dist = tuple(float(im.emotions.get(e, 0.0)) for e in EMOTIONS)
             total = sum(dist)
             if total > 0:
+                emotions = tuple(d / total for d in dist)
                 out.append(
                     Sample(
-                        im.image_path, im.sha256, "emotion", emotions=tuple(d / total for d in dist)
+                        im.image_path, im.sha256, "emotion", emotions=emotions, context=im.context
                     )
                 )
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from artnote.config import Settings
-from trainer.data import CuratedImage, Sample, curated_model, samples_from
+from trainer.data import Sample, curated_images, curated_model, samples_from
 from trainer.errors import TrainerError
 
 SPLITS = ("val", "all")
@@ -30,7 +30,7 @@ def run_eval(
     from trainer.validation import evaluate
 
     rows = catalog.curated()
-    samples = samples_from([CuratedImage.from_row(r) for r in rows])
+    samples = samples_from(curated_images(rows, catalog, settings.prompt.use_records))
     folder, name = resolve_adapter(catalog, adapter)
     stored: dict[str, Any] = {}
     config = None

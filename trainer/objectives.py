@@ -54,7 +54,7 @@ class Objective:
         """(suffix ids, answer ids + end) for a text sample; the end is the format's
         (end of turn, or MiniGPT-4's `###`). At most max_answer_tokens answer ids: a
         longer answer is cut, as the authors' max_txt_len cuts it (end included)."""
-        parts = self.format.parts(sample.field, sample.dominant or None)
+        parts = self.format.parts(sample.field, sample.dominant or None, sample.context)
         answer = sample.text.strip()
         if sample.field == "explanation":
             answer = without_lead(answer)  # the prompt ends with the lead already
@@ -153,18 +153,25 @@ class Objective:
         counts = torch.tensor([len(a) for _, a in pieces], device=ids.device).clamp(min=1)
         return (sums / counts).mean()
 
-    def emotion_scores(self, images: list[Any]) -> torch.Tensor:
+    def emotion_suffix_for(self, context: str = "") -> list[int]:
+        """The emotion question's ids after the prefix (grounded: after the record)."""
+        if not context:
+            return self.emotion_suffix
+        return self.format.suffix_ids(self.format.parts("emotion", None, context))
+
+    def emotion_scores(self, images: list[Any], contexts: list[str] | None = None) -> torch.Tensor:
         """(B, 9) label log-likelihoods, with gradients."""
         embeds, mask = self._prefix_embeds(images)
         n = len(EMOTIONS)
+        questions = [self.emotion_suffix_for(c) for c in contexts or [""] * len(images)]
         embeds, mask = embeds.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        tails = [self.emotion_suffix + self.label_ids[k] for _ in images for k in range(n)]
+        tails = [q + self.label_ids[k] for q in questions for k in range(n)]
         embeds, mask, ids, _ = self._extend(embeds, mask, tails)
         hidden = self._hidden(embeds, mask)
         start = embeds.shape[1] - ids.shape[1]
-        first = len(self.emotion_suffix)
         rows, cols = [], []
         for r in range(len(tails)):
+            first = len(questions[r // n])
             span = range(first, first + len(self.label_ids[r % n]))
             rows += [r] * len(span)
             cols += span
@@ -177,7 +184,7 @@ class Objective:
 
     def emotion_loss(self, samples: list[Sample], images: list[Any]) -> torch.Tensor:
         target = torch.tensor([s.emotions for s in samples], device=self.loaded.device)
-        scores = self.emotion_scores(images)
+        scores = self.emotion_scores(images, [s.context for s in samples])
         return -(target * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
 
 

@@ -87,21 +87,22 @@ def _scanner_metrics(
     log_probs, targets = [], []
     per_field: dict[str, tuple[list[str], list[list[str]]]] = {f: ([], []) for f in TEXT_FIELDS}
     for start in range(0, len(wanted), batch_size):
-        shas, pictures = [], []
+        shas, pictures, contexts = [], [], []
         for sha in wanted[start : start + batch_size]:
             try:
                 pictures.append(decode(by_image[sha][0].image_path))
                 shas.append(sha)
+                contexts.append(by_image[sha][0].context)  # grounded: the scan's prompts
             except (ArtnoteError, OSError):  # left out, as the stream leaves it out
                 continue
         if not shas:
             continue
         if generate:
-            annotations = annotator.annotate(pictures)
+            annotations = annotator.annotate(pictures, contexts)
             scores = torch.tensor([a.extra["emotion_loglik"] for a in annotations])
         else:
             annotations = [None] * len(shas)
-            scores = annotator.emotion_logliks(pictures).cpu()
+            scores = annotator.emotion_logliks(pictures, contexts).cpu()
         del pictures
         dists = torch.log_softmax(scores.double(), dim=-1).tolist()
         for sha, annotation, dist in zip(shas, annotations, dists, strict=True):

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 import numpy as np
 from sqlalchemy import Connection, and_, case, func, null, or_, select
 
+from artnote.catalog.objects import records_for
 from artnote.catalog.queries import (
     annotations,
     collections,
@@ -34,6 +35,7 @@ from artnote.catalog.queries import (
 from artnote.catalog.reviews import dominant, overlay, review_states, reviews
 from artnote.catalog.search import search_texts
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS, normalise_emotion
+from artnote.records import CollectionRecord
 
 STATUSES = ("draft", "corrected", "approved")
 STREAM_BATCH = 2000
@@ -398,6 +400,7 @@ class ImageDetail:
     base: str  # the revision the page shows: newest review id and annotation id
     history: list[dict[str, Any]]  # reviews of the content, oldest first
     drafts: list[dict[str, Any]]  # the model's annotations of the content, oldest first
+    record: CollectionRecord | None = None  # the museum's record of the object it shows
 
 
 def image_file(conn: Connection, image_id: int) -> dict[str, Any] | None:
@@ -509,4 +512,5 @@ def image_detail(conn: Connection, image_id: int) -> ImageDetail | None:
         base=revision(history[-1]["id"] if history else None, row["annotation_id"]),
         history=history,
         drafts=drafts,
+        record=records_for(conn, [image_id]).get(image_id),
     )

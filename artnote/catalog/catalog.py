@@ -27,13 +27,13 @@ import os
 import socket
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
 
-from artnote.catalog import queries, reviews, search
+from artnote.catalog import linking, objects, queries, reviews, search
 from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
 from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import annotations, chunks, collections, images, runs
@@ -41,7 +41,7 @@ from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, Pen
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import CatalogError
 from artnote.export import CSV_COLUMNS
-from artnote.records import Annotation
+from artnote.records import Annotation, CollectionRecord
 from artnote.text import MULTILINE_FIELDS, TEXT_FIELDS, clean_fields, clean_text, needs_cleaning
 
 
@@ -385,24 +385,40 @@ class Catalog:
         limit: int | None = None,
         reannotate: bool = False,
         adapter: str | None = None,
+        expected_prompts: Callable[[list[PendingImage]], list[str]] | None = None,
     ) -> list[PendingImage]:
         """One present file per content that still needs the model, in path order.
 
         Contents with an annotation and files that failed are left out unless
         `force` (annotate everything again; the new annotation becomes current),
         or, with `reannotate`, unless their current annotation came from an
-        adapter other than `adapter` (a content hash; None is the base model).
-        Reviews are never touched: corrections stay laid over any new annotation.
+        adapter other than `adapter` (a content hash; None is the base model) or
+        from another prompt than `expected_prompts` gives for it (the prompt hash
+        each image's annotation would have now; None: prompts are not compared).
+        PendingImage.reason says which. Reviews are never touched: corrections stay
+        laid over any new annotation.
         """
         with self._read() as conn:
-            return queries.pending_images(
-                conn,
-                collection_id,
-                force=force,
-                limit=limit,
-                reannotate=reannotate,
-                adapter=adapter,
+            found = queries.pending_images(
+                conn, collection_id, force=force, limit=limit, reannotate=reannotate
             )
+        if not reannotate or force:
+            return found
+        expected = expected_prompts(found) if expected_prompts else [None] * len(found)
+        out = []
+        for item, prompt in zip(found, expected, strict=True):
+            if item.current is not None:
+                current_adapter, current_prompt = item.current
+                if current_adapter != adapter:
+                    item = replace(item, reason="adapter")
+                elif prompt is not None and current_prompt != prompt:
+                    item = replace(item, reason="prompt")
+                else:
+                    continue
+            out.append(item)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     # --- reviews and adapters ---------------------------------------------------
 
@@ -469,6 +485,41 @@ class Catalog:
         with self._read() as conn:
             return reviews.list_adapters(conn)
 
+    # --- collection records (artnote.catalog.objects) ----------------------------
+
+    def import_records(
+        self, rows: Sequence[objects.IncomingRecord], **options: Any
+    ) -> objects.ImportOutcome:
+        """Write a validated records import in one transaction and link the images its rules
+        (and earlier imports') match; `options` as objects.import_records."""
+        with self._write() as conn:
+            return objects.import_records(conn, rows, **options)
+
+    def link_images(self, collection_id: int | None = None) -> int:
+        """Link the present images without an object (of one collection; None: all) by the
+        rules imports stored; return how many were linked. Call after recording files."""
+        with self._read() as conn:  # no records imported: no write lock taken, per scan
+            if not linking.has_rules(conn):
+                return 0
+        with self._write() as conn:
+            return linking.link_unlinked(conn, collection_id)
+
+    def records_for(self, image_ids: Iterable[int]) -> dict[int, CollectionRecord]:
+        """image id -> the current record of the object it shows (linked images only)."""
+        with self._read() as conn:
+            return objects.records_for(conn, list(image_ids))
+
+    def record_counts(self) -> dict[str, int]:
+        """objects, objects_with_images, objects_without_images, images_without_record."""
+        with self._read() as conn:
+            return objects.record_counts(conn)
+
+    def object_rows(self) -> Iterator[dict[str, Any]]:
+        """Per object (by object number): object_number, record, images [{image_id, path,
+        relpath, primary}], primary first; see objects.object_rows."""
+        with self._read() as conn:
+            yield from objects.object_rows(conn)
+
     # --- reports --------------------------------------------------------------
 
     def export_rows(
@@ -520,10 +571,12 @@ class Catalog:
 
     def status_counts(self) -> dict[str, int]:
         """Counts: images (present), annotated, failed, pending, missing, corrected,
-        approved, adapters, runs."""
+        approved, adapters, runs; and once records were imported, record_counts()'s."""
         with self._read() as conn:
             counts = queries.status_counts(conn)
             counts.update(reviews.review_counts(conn))
+            if objects.any_objects(conn):
+                counts.update(objects.record_counts(conn))
             return counts
 
     def failures(self) -> list[tuple[str, str]]:
@@ -532,11 +585,12 @@ class Catalog:
             return queries.failures(conn)
 
     def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Contents whose current values (corrections over model output) match every word
-        of `query`, best first (BM25 on SQLite).
+        """Images whose object's record has every word of `query` in its title or maker,
+        then contents whose current values (corrections over model output) match every
+        word, best first (BM25 on SQLite).
 
         Each hit: image_id, path, sha256, annotation_id, alt_text, description,
-        explanation (current values), snippet, rank.
+        explanation (current values), snippet, rank, object_number, title, maker.
         """
         with self._read() as conn:
             return search.search(conn, query, limit, fts=self.is_sqlite)

@@ -39,9 +39,13 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic Config for our migrations (no alembic.ini), optionally bound to a connection."""
+    import sys
+
     from alembic.config import Config
 
-    config = Config()
+    # stdout as it is now: Config's default is the sys.stdout of when alembic was imported,
+    # which may be a stream closed since (an embedding program's, a test runner's).
+    config = Config(stdout=sys.stdout)
     # ConfigParser interpolates '%', which may appear in an install path.
     config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     if connection is not None:

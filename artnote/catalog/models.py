@@ -48,6 +48,7 @@ RUN_OUTCOMES = ("running", "completed", "interrupted", "failed")
 REVIEW_KINDS = ("correction", "approval")
 REVIEW_FIELDS = ("alt_text", "description", "emotion", "explanation")
 REFERENCE_FIELDS = ("alt_text", "description", "explanation")
+LINK_KINDS = ("column", "pattern")  # how an image was linked to its object
 
 # Tables that exist only on SQLite (FTS5 virtual table and its shadow tables);
 # they are created by migrations and never by the models. Revisions before 0003
@@ -262,6 +263,88 @@ class Adapter(Base):
     family: Mapped[str] = mapped_column(String(32))
     metrics: Mapped[dict[str, Any] | None]
     training_samples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class RecordImport(Base):
+    """One `artnote import records`: the file, and the rules it linked images by, kept so
+    that images scanned later are linked by the same rules (Catalog.link_images)."""
+
+    __tablename__ = "record_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)  # the file's name
+    key_column: Mapped[str] = mapped_column(Text)
+    image_column: Mapped[str | None] = mapped_column(Text)
+    pattern: Mapped[str | None] = mapped_column(Text)  # --match-filename, as given
+    counts: Mapped[dict[str, Any] | None]  # new, updated, unchanged, linked
+    created_at: Mapped[datetime]
+
+
+class CollectionObject(Base):
+    """A museum object, known by its object (accession) number; its catalogue data are the
+    revisions in object_records."""
+
+    __tablename__ = "objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_number: Mapped[str] = mapped_column(Text, unique=True)  # as the museum writes it
+    # The number as file names carry it: casefolded, each run of . space - _ / one "-"
+    # (artnote.catalog.linking.match_key); several objects may share one (then ambiguous).
+    match_key: Mapped[str] = mapped_column(Text, index=True)
+    created_at: Mapped[datetime]
+
+
+class ObjectRecord(Base):
+    """An object's catalogue data, append-only: an import that changes anything adds a
+    revision, so nothing is lost. The current record is the highest revision."""
+
+    __tablename__ = "object_records"
+    __table_args__ = (UniqueConstraint("object_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_id: Mapped[int] = mapped_column(ForeignKey("objects.id"))
+    revision: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per object
+    title: Mapped[str | None] = mapped_column(Text)
+    maker: Mapped[str | None] = mapped_column(Text)
+    date: Mapped[str | None] = mapped_column(Text)
+    medium: Mapped[str | None] = mapped_column(Text)
+    dimensions: Mapped[str | None] = mapped_column(Text)
+    credit_line: Mapped[str | None] = mapped_column(Text)
+    rights: Mapped[str | None] = mapped_column(Text)
+    extra: Mapped[dict[str, Any]]  # every other column of the export, as given
+    source: Mapped[str] = mapped_column(Text)  # the file's name
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("record_imports.id"))
+    created_at: Mapped[datetime]
+
+
+class ObjectFile(Base):
+    """A file name (or relative path) an export's image column lists for an object: the
+    rule by which images, scanned now or later, are linked to it."""
+
+    __tablename__ = "object_files"
+    __table_args__ = (UniqueConstraint("object_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_id: Mapped[int] = mapped_column(ForeignKey("objects.id"))
+    name: Mapped[str] = mapped_column(Text)  # casefolded, "/"-separated
+    position: Mapped[int] = mapped_column(Integer)  # 0: listed first, the primary image
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("record_imports.id"))
+
+
+class ObjectImage(Base):
+    """Which object an image shows: at most one per image, many images per object, one of
+    them primary (the one the image column lists first, else the first in path order)."""
+
+    __tablename__ = "object_images"
+    __table_args__ = (CheckConstraint(f"linked_by IN {LINK_KINDS!r}", name="linked_by"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    object_id: Mapped[int] = mapped_column(ForeignKey("objects.id"), index=True)
+    is_primary: Mapped[bool] = mapped_column(Boolean)
+    linked_by: Mapped[str] = mapped_column(String(16))  # column | pattern
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("record_imports.id"))
     created_at: Mapped[datetime]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -22,7 +23,6 @@ from sqlalchemy import (
     func,
     literal,
     null,
-    or_,
     select,
 )
 
@@ -78,47 +78,54 @@ def pending_images(
     force: bool,
     limit: int | None,
     reannotate: bool = False,
-    adapter: str | None = None,
 ) -> list[PendingImage]:
+    """One present file per content to consider, in path order: those without an
+    annotation; with `force`, every one (failed too); with `reannotate`, every one with
+    its current annotation's adapter and prompt hash (PendingImage.current), for the
+    caller to choose from."""
     wanted = ("pending", "annotated", "failed") if force else ("pending", "annotated")
     conditions = [
         images.c.collection_id == collection_id,
         images.c.status.in_(wanted),
         images.c.sha256.is_not(None),
     ]
-    if not force:
+    if not force and not reannotate:
         has = select(annotations.c.id).where(annotations.c.sha256 == images.c.sha256).exists()
-        if reannotate:  # also contents whose current annotation came from another adapter
-            current_adapter = (
-                select(annotations.c.adapter)
-                .where(annotations.c.sha256 == images.c.sha256)
-                .order_by(annotations.c.id.desc())
-                .limit(1)
-                .scalar_subquery()
-            )
-            conditions.append(or_(~has, current_adapter.is_distinct_from(adapter)))
-        else:
-            conditions.append(~has)
+        conditions.append(~has)
     # The lowest id stands for its content: duplicates are fed to the model once.
     firsts = select(func.min(images.c.id)).where(*conditions).group_by(images.c.sha256)
-    stmt = (
-        select(
-            images.c.id,
-            collections.c.root,
-            images.c.relpath,
-            images.c.sha256,
-            images.c.size,
-            images.c.mtime_ns,
-        )
-        .join(collections, collections.c.id == images.c.collection_id)
-        .where(images.c.id.in_(firsts))
-        .order_by(images.c.relpath)
-        .limit(limit)
-    )
-    return [
-        PendingImage(image_id, image_path(root, relpath), relpath, sha256, size, mtime_ns)
-        for image_id, root, relpath, sha256, size, mtime_ns in conn.execute(stmt)
+    columns = [
+        images.c.id,
+        collections.c.root,
+        images.c.relpath,
+        images.c.sha256,
+        images.c.size,
+        images.c.mtime_ns,
     ]
+    current = annotations.alias("current")
+    stmt = select(*columns).join(collections, collections.c.id == images.c.collection_id)
+    if reannotate and not force:
+        newest = (
+            select(func.max(annotations.c.id))
+            .where(annotations.c.sha256 == images.c.sha256)
+            .scalar_subquery()
+        )
+        stmt = stmt.add_columns(current.c.id, current.c.adapter, current.c.prompt_hash).outerjoin(
+            current, current.c.id == newest
+        )
+    stmt = stmt.where(images.c.id.in_(firsts)).order_by(images.c.relpath)
+    if not reannotate or force:
+        stmt = stmt.limit(limit)
+    out = []
+    for row in conn.execute(stmt):
+        image_id, root, relpath, sha256, size, mtime_ns = row[:6]
+        item = PendingImage(image_id, image_path(root, relpath), relpath, sha256, size, mtime_ns)
+        if len(row) > 6 and row[6] is not None:
+            item = replace(item, current=(row[7], row[8]), reason="")
+        elif force:
+            item = replace(item, reason="force")
+        out.append(item)
+    return out
 
 
 def current_annotation_id() -> Any:

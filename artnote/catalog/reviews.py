@@ -244,6 +244,7 @@ def curated(conn: Connection) -> list[dict[str, Any]]:
         current = current_annotation_id()
         stmt = (
             select(
+                images.c.id.label("image_id"),
                 images.c.sha256,
                 collections.c.root,
                 images.c.relpath,
@@ -269,6 +270,7 @@ def curated(conn: Connection) -> list[dict[str, Any]]:
             values = overlay(dict(row), state)
             item: dict[str, Any] = {
                 "sha256": sha,
+                "image_id": row["image_id"],  # the content's first present file
                 "path": image_path(row["root"], row["relpath"]),
                 "dominant_emotion": values.get("dominant_emotion"),  # current, for prompts
                 "model": row["model"],  # whose annotation was curated (None: never annotated)

@@ -55,6 +55,10 @@ class PendingImage:
     sha256: str
     size: int = -1  # as hashed: the decoder skips a file that changed since
     mtime_ns: int = -1
+    # With reannotate: the current annotation's adapter and prompt hash (None: none yet).
+    current: tuple[str | None, str] | None = None
+    reason: str = "new"  # why it is fed again: new | adapter | prompt | force
+    context: str = ""  # grounded prompting: its record's facts (prompts.record_context)
 
 
 @dataclass(frozen=True, slots=True)

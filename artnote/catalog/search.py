@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 
+from artnote.catalog import objects
 from artnote.catalog.models import Review, SearchText
 from artnote.catalog.queries import annotations, chunks, collections, image_path, images
 from artnote.emotions import EMOTIONS
@@ -134,23 +135,95 @@ _SEARCH_FTS = text(
 
 
 def search(conn: Connection, query: str, limit: int, *, fts: bool) -> list[dict[str, Any]]:
-    """Contents whose current texts match every word of `query`, best first; each hit has
-    image_id, path, sha256, annotation_id, alt_text, description, explanation, snippet, rank."""
+    """Images whose object's current record has every word of `query` in its title or
+    maker, then contents whose current texts match every word, best first; each hit has
+    image_id, path, sha256, annotation_id, alt_text, description, explanation, snippet,
+    rank, and object_number, title, maker (None for an image without a record)."""
     if limit <= 0:
         return []
     if fts:
         match = fts5_query(query)
-        if not match:
-            return []
-        rows = conn.execute(_SEARCH_FTS, {"query": match, "limit": limit}).mappings()
+        rows = (
+            conn.execute(_SEARCH_FTS, {"query": match, "limit": limit}).mappings() if match else []
+        )
     else:
         rows = _search_like(conn, query, limit)
-    hits = []
+    hits = _record_hits(conn, query, limit)
+    seen = {h["sha256"] or h["image_id"] for h in hits}
     for row in rows:
         hit = dict(row)
+        if hit["sha256"] in seen:  # its object's record matched already
+            continue
         hit["path"] = image_path(hit.pop("root"), hit.pop("relpath"))
         if not fts:
             hit["snippet"] = _snippet(hit, query)
+        hits.append(hit)
+    hits = hits[:limit]
+    records = objects.records_for(conn, [h["image_id"] for h in hits if "title" not in h])
+    for hit in hits:
+        if "title" not in hit:
+            record = records.get(hit["image_id"])
+            hit["object_number"] = record.object_number if record else None
+            hit["title"] = record.title if record else None
+            hit["maker"] = record.maker if record else None
+    return hits
+
+
+def _like_words(query: str) -> list[str]:
+    """The words of `query` escaped for LIKE ... ESCAPE '\\' (a trailing * dropped)."""
+    words = [w.rstrip("*") for w in _CONTROL.sub(" ", query).split()]
+    return [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words if w]
+
+
+def _image_columns(sha256: Any) -> list[Any]:
+    """What every hit starts with: image_id, root, relpath, sha256 (as given) and the
+    content's current annotation_id."""
+    newest = select(func.max(annotations.c.id)).where(annotations.c.sha256 == sha256)
+    return [
+        images.c.id.label("image_id"),
+        collections.c.root,
+        images.c.relpath,
+        sha256,
+        newest.scalar_subquery().label("annotation_id"),
+    ]
+
+
+def _record_hits(conn: Connection, query: str, limit: int) -> list[dict[str, Any]]:
+    """Present images linked to an object whose current record has every word of `query`
+    in its title or maker: by object number, the primary image first."""
+    words = _like_words(query)
+    if not words:
+        return []
+    r = objects.object_records
+    o, links = objects.objects, objects.object_images
+    matches = and_(
+        *(or_(*(r.c[f].ilike(f"%{w}%", escape="\\") for f in ("title", "maker"))) for w in words)
+    )
+    stmt = (
+        select(
+            *_image_columns(images.c.sha256),
+            *(search_texts.c[f] for f in FIELDS),
+            o.c.object_number,
+            r.c.title,
+            r.c.maker,
+        )
+        .select_from(r)
+        .join(o, o.c.id == r.c.object_id)
+        .join(links, links.c.object_id == o.c.id)
+        .join(images, images.c.id == links.c.image_id)
+        .join(collections, collections.c.id == images.c.collection_id)
+        .outerjoin(search_texts, search_texts.c.sha256 == images.c.sha256)
+        .where(matches, objects.is_current(r), images.c.status != "missing")
+        .order_by(o.c.object_number, links.c.is_primary.desc(), images.c.relpath)
+        .limit(limit)
+    )
+    hits = []
+    for row in conn.execute(stmt).mappings():
+        hit = dict(row)
+        hit["path"] = image_path(hit.pop("root"), hit.pop("relpath"))
+        label = ": ".join(v for v in (hit["object_number"], hit["title"]) if v)
+        hit["snippet"] = label + (f" ({hit['maker']})" if hit["maker"] else "")
+        hit["rank"] = 0.0
         hits.append(hit)
     return hits
 
@@ -175,12 +248,11 @@ def _snippet(hit: dict[str, Any], query: str, width: int = 60) -> str:
 
 def _search_like(conn: Connection, query: str, limit: int) -> Any:
     """Databases without FTS5: every word must appear in one of the texts (newest first)."""
-    words = _CONTROL.sub(" ", query).split()
-    if not words:
+    escaped = _like_words(query)
+    if not escaped:
         return []
     s = search_texts
     fields = [s.c[f] for f in FIELDS]
-    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
     matches = and_(*(or_(*(f.ilike(f"%{w}%", escape="\\") for f in fields)) for w in escaped))
     i2 = images.alias("i2")
     first_image = (
@@ -188,14 +260,9 @@ def _search_like(conn: Connection, query: str, limit: int) -> Any:
         .where(i2.c.sha256 == s.c.sha256, i2.c.status != "missing")
         .scalar_subquery()
     )
-    newest = select(func.max(annotations.c.id)).where(annotations.c.sha256 == s.c.sha256)
     stmt = (
         select(
-            images.c.id.label("image_id"),
-            collections.c.root,
-            images.c.relpath,
-            s.c.sha256,
-            newest.scalar_subquery().label("annotation_id"),
+            *_image_columns(s.c.sha256),
             *fields,
             s.c.alt_text.label("snippet"),
             literal(0.0).label("rank"),

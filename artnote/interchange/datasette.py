@@ -48,6 +48,12 @@ TABLES: dict[str, str] = {
     "runs": "Each scan and fine-tune run: settings, counts and outcome.",
     "adapters": "Adapters trained by artnote finetune.",
     "reference_texts": "Every human text known per content (ArtEmis utterances), for evaluation.",
+    "objects": "Museum objects by object number (artnote import records).",
+    "object_records": "Each object's catalogue data (title, maker, date, medium, ...), "
+    "append-only: the highest revision is current.",
+    "object_images": "Which object each image shows, and its primary image.",
+    "object_files": "File names an export's image column lists per object.",
+    "record_imports": "Each records import: its file and how it linked images.",
 }
 
 HIDDEN = (

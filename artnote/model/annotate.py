@@ -91,19 +91,25 @@ class Annotator:
     def input_size(self) -> int | None:
         return inputs.input_size(self.loaded.processor)
 
-    def annotate(self, images: list[Any]) -> list[Annotation]:
-        """Annotate PIL RGB images; the result is in the same order."""
+    def annotate(self, images: list[Any], contexts: list[str] | None = None) -> list[Annotation]:
+        """Annotate PIL RGB images; the result is in the same order.
+
+        `contexts`: per image, the facts of its object's record (prompts.record_context;
+        '' for none) that go before every question: grounded prompting.
+        """
         if not images:
             return []
         import torch
 
+        contexts = contexts or [""] * len(images)
         start = time.perf_counter()
         with torch.inference_mode():
             kv, mask = self._prefill(images)
-            loglik = self._score_emotions(kv, mask)
+            loglik = self._score_emotions(kv, mask, contexts)
             probs = torch.softmax(loglik.double(), dim=-1)
             dominant = [EMOTIONS[i] for i in probs.argmax(dim=-1).tolist()]
-            texts = self._generate(kv, mask, dominant, _Sampler(self.gen, images, mask.device))
+            sampler = _Sampler(self.gen, images, mask.device)
+            texts = self._generate(kv, mask, dominant, sampler, contexts)
         ms = (time.perf_counter() - start) * 1000 / len(images)
         out = []
         for i, emotion in enumerate(dominant):
@@ -122,19 +128,28 @@ class Annotator:
                     },
                     dominant_emotion=emotion,
                     explanation=_clean(f"{lead} {raw['explanation'][0].strip()}"),
-                    provenance=self._provenance(ms, [f for f in GEN_FIELDS if raw[f][1]]),
+                    provenance=self._provenance(
+                        ms, [f for f in GEN_FIELDS if raw[f][1]], contexts[i]
+                    ),
                     extra={"emotion_loglik": loglik[i].tolist()},
                 )
             )
         return out
 
-    def emotion_logliks(self, images: list[Any]):
+    def emotion_logliks(self, images: list[Any], contexts: list[str] | None = None):
         """(B, 9) log-likelihoods of the nine labels; exposed for tests and evaluation."""
         import torch
 
         with torch.inference_mode():
             kv, mask = self._prefill(images)
-            return self._score_emotions(kv, mask)
+            return self._score_emotions(kv, mask, contexts or [""] * len(images))
+
+    def suffix(self, field: str, context: str = "", emotion: str | None = None) -> list[int]:
+        """The token ids after the prefix of one field's prompt (question, end of turn,
+        assistant start, lead); the plain prompts' are made once."""
+        if not context:
+            return self.explain_suffix[emotion] if field == "explanation" else self.suffixes[field]
+        return self.format.suffix_ids(self.format.parts(field, emotion, context))
 
     # ---- stages ---------------------------------------------------------------
 
@@ -160,18 +175,18 @@ class Annotator:
         self.stats["prefill"] += t3 - t2
         return kv_pairs(cache), mask
 
-    def _score_emotions(self, kv, mask):
+    def _score_emotions(self, kv, mask, contexts: list[str]):
         import torch
 
         t0 = time.perf_counter()
         rows = mask.shape[0]
         device = mask.device
         longest = max(len(ids) for ids in self.label_ids)
-        room = len(self.suffixes["emotion"]) + len(EMOTIONS) * longest
+        questions = [self.suffix("emotion", c) for c in contexts]
+        room = max(map(len, questions)) + len(EMOTIONS) * longest
         tree = Tree(self, kv, mask, room)
         question = tree.new_branch(parent=PREFIX)
-        ids = torch.tensor([self.suffixes["emotion"]] * rows, device=device)
-        hidden = tree.extend(ids, question)
+        hidden = tree.extend_rows(questions, question, self.pad_id)
         first = torch.log_softmax(self.head(hidden[:, -1]).float(), dim=-1)
         loglik = torch.stack([first[:, ids[0]] for ids in self.label_ids], dim=1)
         # Each label's later tokens: one branch per label after the question, all packed
@@ -199,7 +214,9 @@ class Annotator:
         self.stats["scoring"] += time.perf_counter() - t0
         return loglik
 
-    def _generate(self, kv, mask, dominant: list[str], sampler: _Sampler) -> list[dict[str, str]]:
+    def _generate(
+        self, kv, mask, dominant: list[str], sampler: _Sampler, contexts: list[str]
+    ) -> list[dict[str, str]]:
         import torch
 
         t0 = time.perf_counter()
@@ -213,8 +230,8 @@ class Annotator:
         # The three field prompts of a row, side by side after its prefix; a row whose
         # prompts are shorter (the explanation names the emotion) gets dead slots first.
         rows_suffixes = [
-            [self.explain_suffix[e] if f == "explanation" else self.suffixes[f] for f in GEN_FIELDS]
-            for e in dominant
+            [self.suffix(f, c, e if f == "explanation" else None) for f in GEN_FIELDS]
+            for e, c in zip(dominant, contexts, strict=True)
         ]
         width = max(sum(map(len, row)) for row in rows_suffixes)
         tree = Tree(self, kv, mask, room=width + n * max(budget.values()))
@@ -297,7 +314,7 @@ class Annotator:
             )
         return out.last_hidden_state
 
-    def _provenance(self, ms: float, cleaned: list[str]) -> Provenance:
+    def _provenance(self, ms: float, cleaned: list[str], context: str = "") -> Provenance:
         gen = {
             "alt_text_tokens": self.gen.alt_text_tokens,
             "description_tokens": self.gen.description_tokens,
@@ -313,8 +330,8 @@ class Annotator:
             family=self.loaded.family.name,
             adapter=self.adapter_hash,
             adapter_name=self.adapter_name,
-            prompt_version=prompts.PROMPT_VERSION,
-            prompt_hash=prompts.prompt_hash(),
+            prompt_version=prompts.prompt_version(context),
+            prompt_hash=prompts.prompt_hash(context),
             generation=gen,
             encoder=self.encoder.name,
             device=str(self.loaded.device),

@@ -65,6 +65,27 @@ class Tree:
         self.after[branch] = start + ids.shape[1]
         return self.forward(ids, torch.full_like(ids, branch), positions)
 
+    def extend_rows(self, rows_ids: list[list[int]], branch: int, pad_id: int):
+        """As extend, with each row's own ids (lengths may differ): right-aligned after
+        dead padding, so the last hidden state of every row is its last token's."""
+        import torch
+
+        if len({len(ids) for ids in rows_ids}) == 1:
+            device = self.after[PREFIX].device
+            return self.extend(torch.tensor(rows_ids, device=device), branch)
+        start = self.after[self.parents[branch]]
+        width = max(map(len, rows_ids))
+        ids = torch.full((len(rows_ids), width), pad_id, device=start.device)
+        owner = torch.full_like(ids, DEAD)
+        pos = torch.zeros_like(ids)
+        for r, row in enumerate(rows_ids):
+            ids[r, width - len(row) :] = torch.tensor(row)
+            owner[r, width - len(row) :] = branch
+            pos[r, width - len(row) :] = torch.arange(len(row))
+        lengths = torch.tensor([len(row) for row in rows_ids], device=start.device)
+        self.after[branch] = start + lengths
+        return self.forward(ids, owner, start[:, None] + pos)
+
     def forward(self, ids, owner, positions):
         """Feed ids with their owners and positions (all (rows, q)); their hidden states."""
         import torch

@@ -53,9 +53,11 @@ def prompt_parts(processor: Any, question: str, lead: str = "") -> PromptParts:
     return PromptParts(prefix=text[:cut], suffix=suffix)
 
 
-def field_parts(processor: Any, field: str, emotion: str | None = None) -> PromptParts:
+def field_parts(
+    processor: Any, field: str, emotion: str | None = None, context: str = ""
+) -> PromptParts:
     return prompt_parts(
-        processor, prompts.question(field, emotion), prompts.answer_lead(field, emotion)
+        processor, prompts.question(field, emotion, context), prompts.answer_lead(field, emotion)
     )
 
 
@@ -163,8 +165,9 @@ class ChatFormat:
         self.tokenizer = processor.tokenizer
         self.image_token_id = image_token_id(model, processor)
 
-    def parts(self, field: str, emotion: str | None = None) -> PromptParts:
-        return field_parts(self.processor, field, emotion)
+    def parts(self, field: str, emotion: str | None = None, context: str = "") -> PromptParts:
+        """The prompt of one field; `context` (a record's facts) goes before the question."""
+        return field_parts(self.processor, field, emotion, context)
 
     def suffix_ids(self, parts: PromptParts) -> list[int]:
         return suffix_ids(self.tokenizer, parts)
@@ -209,8 +212,8 @@ class MiniGPT4Format(ChatFormat):
             token_id = self.tokenizer.pad_token_id or self.tokenizer.unk_token_id or 0
         self.image_token_id = int(token_id)
 
-    def parts(self, field: str, emotion: str | None = None) -> PromptParts:
-        text = MINIGPT4_PROMPT.format(question=prompts.question(field, emotion))
+    def parts(self, field: str, emotion: str | None = None, context: str = "") -> PromptParts:
+        text = MINIGPT4_PROMPT.format(question=prompts.question(field, emotion, context))
         before, after = text.split(MINIGPT4_IMAGE)
         return PromptParts(
             prefix=before + MINIGPT4_IMAGE, suffix=after + prompts.answer_lead(field, emotion)
