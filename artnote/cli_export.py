@@ -31,6 +31,17 @@ StatusOpt = Annotated[
 ]
 
 
+GroupOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-by",
+        metavar="object",
+        help="One row per object (artnote import records): its primary image's annotation, "
+        "with the paths of all its images (object_images).",
+    ),
+]
+
+
 def register(app: typer.Typer, group: type) -> None:
     export_app = typer.Typer(
         cls=group,
@@ -60,29 +71,49 @@ OutFileOpt = Annotated[
 def export_csv(
     out: OutFileOpt = None,
     status: StatusOpt = None,
+    group_by: GroupOpt = None,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """CSV for spreadsheets: one row per image; edit it and bring it back with
-    `artnote corrections import`."""
-    from artnote.export import write_csv_cells
+    """CSV for spreadsheets: one row per image (object number, title and maker first once
+    records exist); edit it and bring it back with `artnote corrections import`."""
+    from artnote.export import csv_columns, group_by_object, write_csv, write_csv_cells
 
+    grouped = _grouped(group_by)
     cat = _catalog(config, catalog)
+    records = cat.has_records()
+    columns = csv_columns(records, grouped)
+
+    def write(fh: TextIO) -> int:
+        if grouped:
+            rows = cat.export_rows(provenance=False, statuses=status, by_object=True)
+            return write_csv(group_by_object(rows), fh, columns)
+        return write_csv_cells(cat.export_table(status, records=records), fh, columns)
+
     # A BOM makes Excel read the file as UTF-8 (stdout stays plain UTF-8 for pipes).
-    _write(out, lambda fh: write_csv_cells(cat.export_table(status), fh), "utf-8-sig")
+    _write(out, write, "utf-8-sig")
 
 
 def export_jsonl(
     out: OutFileOpt = None,
     status: StatusOpt = None,
+    group_by: GroupOpt = None,
     catalog: CatalogOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """JSON Lines for programs: every field, full provenance included."""
-    from artnote.export import write_jsonl
+    from artnote.export import group_by_object, write_jsonl
 
+    grouped = _grouped(group_by)
     cat = _catalog(config, catalog)
-    _write(out, lambda fh: write_jsonl(cat.export_rows(provenance=True, statuses=status), fh))
+    rows = cat.export_rows(provenance=True, statuses=status, by_object=grouped)
+    _write(out, lambda fh: write_jsonl(group_by_object(rows) if grouped else rows, fh))
+
+
+def _grouped(group_by: str | None) -> bool:
+    if group_by not in (None, "object"):
+        raise typer.BadParameter("the one grouping is: object", param_hint="--group-by")
+    return group_by == "object"
 
 
 def export_iiif(
@@ -111,6 +142,15 @@ def export_iiif(
             "path under the scanned folder, URL-escaped).",
         ),
     ] = None,
+    per: Annotated[
+        str,
+        typer.Option(
+            "--per",
+            metavar="folder|object",
+            help="A manifest per folder, or per object of the collection records (images "
+            "without a record: per folder).",
+        ),
+    ] = "folder",
     iiif_url: Annotated[
         str | None,
         typer.Option(
@@ -129,12 +169,13 @@ def export_iiif(
 
     cat = _catalog(config, catalog)
     report = write_iiif(
-        cat.export_rows(provenance=False, statuses=status),
+        cat.export_rows(provenance=False, statuses=status, by_object=per == "object"),
         out,
         base_url=base_url,
         iiif_url=iiif_url,
         label=label,
         image_service=image_service,
+        per=per,
     )
     for path, why in report.skipped[:20]:
         _err(f"  skipped: {path}: {why}")

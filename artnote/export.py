@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import PurePath
 from typing import Any, TextIO
@@ -50,35 +50,47 @@ CSV_COLUMNS: tuple[str, ...] = (
     "image_id",
     "annotation_id",
 )
+# Once collection records were imported, every export leads with these (the museum's key):
+OBJECT_COLUMNS: tuple[str, ...] = ("object_number", "title", "maker")
+IMAGES_COLUMN = "object_images"  # --group-by object: every image of the object, primary first
 NUMERIC_COLUMNS = frozenset({"width", "height", *EMOTION_COLUMNS, "image_id", "annotation_id"})
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 DEFAULT_STATUS = "draft"  # until corrections exist
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
+def csv_columns(records: bool = False, grouped: bool = False) -> tuple[str, ...]:
+    """The export's columns: with records, the object's first; grouped, its images next."""
+    lead = OBJECT_COLUMNS if records or grouped else ()
+    return lead + ((IMAGES_COLUMN,) if grouped else ()) + CSV_COLUMNS
+
+
+def write_csv(
+    rows: Iterable[Mapping[str, Any]], out: TextIO, columns: Sequence[str] = CSV_COLUMNS
+) -> int:
     """Write a header and one line per row dict to `out` (open it with newline='').
 
-    Returns the count. Missing keys are empty cells; status defaults to draft.
+    Returns the count. Missing keys are empty cells; status defaults to draft; a list
+    (an object's images) is one cell, its items joined by "; ".
     """
-    return write_csv_cells(
-        ([row.get(c) for c in CSV_COLUMNS] for row in rows),
-        out,
-    )
+    return write_csv_cells(([row.get(c) for c in columns] for row in rows), out, columns)
 
 
-def write_csv_cells(rows: Iterable[Sequence[Any]], out: TextIO) -> int:
-    """Like write_csv, for rows that are already cell values in CSV_COLUMNS order.
+def write_csv_cells(
+    rows: Iterable[Sequence[Any]], out: TextIO, columns: Sequence[str] = CSV_COLUMNS
+) -> int:
+    """Like write_csv, for rows that are already cell values in `columns` order.
 
     `Catalog.export_table()` gives such rows; this is the fast path of `artnote export csv`.
     """
-    out.write(",".join(CSV_COLUMNS) + "\r\n")
-    formatters = [_number_cell if c in NUMERIC_COLUMNS else _text_cell for c in CSV_COLUMNS]
+    out.write(",".join(columns) + "\r\n")
+    formatters = [_number_cell if c in NUMERIC_COLUMNS else _text_cell for c in columns]
+    status_at = list(columns).index("status")
     count = 0
     lines: list[str] = []
     for row in rows:
         cells = [f(v) for f, v in zip(formatters, row, strict=True)]
-        if not cells[_STATUS]:
-            cells[_STATUS] = DEFAULT_STATUS
+        if not cells[status_at]:
+            cells[status_at] = DEFAULT_STATUS
         lines.append(",".join(cells))
         if len(lines) == _LINES_PER_WRITE:
             lines.append("")
@@ -93,10 +105,12 @@ def write_csv_cells(rows: Iterable[Sequence[Any]], out: TextIO) -> int:
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
-    """One JSON object per line: CSV columns first, then every other field. Returns the count."""
+    """One JSON object per line: the object's number, title and maker (once records exist),
+    the CSV columns, then every other field. Returns the count."""
     count = 0
     for row in rows:
-        ordered = {column: _value(row, column) for column in CSV_COLUMNS}
+        ordered = {c: row[c] for c in (*OBJECT_COLUMNS, IMAGES_COLUMN) if c in row}
+        ordered.update((column, _value(row, column)) for column in CSV_COLUMNS)
         ordered.update((k, v) for k, v in row.items() if k not in ordered)
         out.write(json.dumps(ordered, ensure_ascii=False, allow_nan=False, default=_to_json))
         out.write("\n")
@@ -128,7 +142,9 @@ def _text_cell(value: Any) -> str:
     if value is None:
         return ""
     if type(value) is not str:
-        if isinstance(value, bool):
+        if isinstance(value, list | tuple):
+            value = "; ".join(map(str, value))
+        elif isinstance(value, bool):
             value = "true" if value else "false"
         else:
             value = _to_json(value) if isinstance(value, datetime | date | PurePath) else str(value)
@@ -141,7 +157,6 @@ def _text_cell(value: Any) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-_STATUS = CSV_COLUMNS.index("status")
 _FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
 _LINES_PER_WRITE = 1000
 
@@ -156,3 +171,20 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def group_by_object(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Rows in Catalog.export_rows(by_object=True) order -> one row per object: its
+    primary image's (the first), with IMAGES_COLUMN listing the paths of all its images;
+    an image without a record stays a row of its own (its one path listed)."""
+    current: dict[str, Any] | None = None
+    for row in rows:
+        number = row.get("object_number")
+        if current is not None and number is not None and number == current["object_number"]:
+            current[IMAGES_COLUMN].append(row["path"])
+            continue
+        if current is not None:
+            yield current
+        current = {**row, IMAGES_COLUMN: [row["path"]]}
+    if current is not None:
+        yield current

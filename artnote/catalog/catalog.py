@@ -36,7 +36,14 @@ from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, updat
 from artnote.catalog import linking, objects, queries, reviews, search
 from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
 from artnote.catalog.models import RUN_OUTCOMES, utcnow
-from artnote.catalog.queries import annotations, chunks, collections, images, runs
+from artnote.catalog.queries import (
+    OBJECT_COLUMNS,
+    annotations,
+    chunks,
+    collections,
+    images,
+    runs,
+)
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import CatalogError
@@ -523,18 +530,27 @@ class Catalog:
     # --- reports --------------------------------------------------------------
 
     def export_rows(
-        self, provenance: bool = True, statuses: Collection[str] | None = None
+        self,
+        provenance: bool = True,
+        statuses: Collection[str] | None = None,
+        *,
+        by_object: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """One dict per present image with a current annotation, streamed in path order.
+        """One dict per present image with a current annotation, streamed in path order
+        (`by_object`: by object number, each object's primary image first, then the images
+        without a record in path order).
 
         Keys: the CSV columns of artnote.export plus image_id, annotation_id,
-        run_id, root, relpath, adapter_name, alt_text_truncated and provenance (dict).
-        `statuses` (draft, corrected, approved) keeps only rows with one of them.
+        run_id, root, relpath, adapter_name, alt_text_truncated and provenance (dict);
+        once records were imported, also object_number, title, maker and primary (None
+        for an image without a record). `statuses` (draft, corrected, approved) keeps
+        only rows with one of them.
         """
         wanted = _check_statuses(statuses)
         with self._read() as conn:
             states = reviews.review_states(conn)  # few next to images: held in memory
-            for row in queries.export_rows(conn, provenance):
+            with_objects = by_object or objects.any_objects(conn)
+            for row in queries.export_rows(conn, provenance, with_objects, by_object):
                 if wanted is not None and _status(states.get(row["sha256"])) not in wanted:
                     continue
                 # Catalogs written before model text was cleaned may hold control characters.
@@ -545,16 +561,27 @@ class Catalog:
                     row["provenance"] = {**row["provenance"], "cleaned": names}
                 yield reviews.overlay(row, states.get(row["sha256"]))
 
-    def export_table(self, statuses: Collection[str] | None = None) -> Iterator[list[Any]]:
+    def has_records(self) -> bool:
+        """Whether collection records were imported (exports then lead with them)."""
+        with self._read() as conn:
+            return objects.any_objects(conn)
+
+    def export_table(
+        self, statuses: Collection[str] | None = None, *, records: bool = False
+    ) -> Iterator[list[Any]]:
         """The CSV export's rows: cell values in artnote.export.CSV_COLUMNS order, reviews
         laid over (corrected values, status), streamed in path order; the fast path of
-        `artnote export csv`, equal to export_rows() in content (`statuses` as there)."""
+        `artnote export csv`, equal to export_rows() in content (`statuses` as there).
+        `records`: object_number, title and maker first (OBJECT_COLUMNS + CSV_COLUMNS)."""
         status, sha = CSV_COLUMNS.index("status"), CSV_COLUMNS.index("sha256")
         texts = [(CSV_COLUMNS.index(f), f in MULTILINE_FIELDS) for f in TEXT_FIELDS]
         wanted = _check_statuses(statuses)
         with self._read() as conn:
             states = reviews.review_states(conn)
-            for cells in queries.export_table(conn):
+            for cells in queries.export_table(conn, records):
+                lead = cells[-len(OBJECT_COLUMNS) :] if records else []
+                if records:
+                    del cells[-len(OBJECT_COLUMNS) :]
                 if wanted is not None and _status(states.get(cells[sha])) not in wanted:
                     continue
                 for at, multiline in texts:  # as export_rows: for catalogs from before cleaning
@@ -567,7 +594,7 @@ class Catalog:
                 else:
                     row = reviews.overlay(dict(zip(CSV_COLUMNS, cells, strict=True)), state)
                     cells = [row[c] for c in CSV_COLUMNS]
-                yield cells
+                yield lead + cells if records else cells
 
     def status_counts(self) -> dict[str, int]:
         """Counts: images (present), annotated, failed, pending, missing, corrected,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Exists,
     Select,
     Table,
+    and_,
     case,
     func,
     literal,
@@ -26,7 +27,15 @@ from sqlalchemy import (
     select,
 )
 
-from artnote.catalog.models import Annotation, Collection, Image, Run
+from artnote.catalog.models import (
+    Annotation,
+    Collection,
+    CollectionObject,
+    Image,
+    ObjectImage,
+    ObjectRecord,
+    Run,
+)
 from artnote.catalog.rows import ImageInfo, PendingImage
 from artnote.emotions import EMOTION_COLUMNS
 from artnote.errors import NotFoundError
@@ -38,6 +47,10 @@ collections = cast(Table, Collection.__table__)
 images = cast(Table, Image.__table__)
 runs = cast(Table, Run.__table__)
 annotations = cast(Table, Annotation.__table__)
+_objects = cast(Table, CollectionObject.__table__)
+_object_images = cast(Table, ObjectImage.__table__)
+_object_records = cast(Table, ObjectRecord.__table__)
+OBJECT_COLUMNS = ("object_number", "title", "maker")  # first in exports once records exist
 
 # Bound parameters per IN list: SQLite's default limit is 32766, older builds 999.
 CHUNK = 500
@@ -141,7 +154,13 @@ def current_annotation_id() -> Any:
     )
 
 
-def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str, Any]]:
+def export_rows(
+    conn: Connection, provenance: bool = True, objects: bool = False, by_object: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Rows of present images with their current annotation (reviews not laid over), in
+    path order; `objects`: with the object number, title and maker of each image's record
+    (None where none) and `primary`; `by_object`: ordered by object (primary image first),
+    then the images without one in path order."""
     a = annotations
     stmt = select(
         images.c.id.label("image_id"),
@@ -166,7 +185,10 @@ def export_rows(conn: Connection, provenance: bool = True) -> Iterator[dict[str,
         *([a.c.provenance] if provenance else []),  # JSON: parsing it per row is costly
         a.c.created_at,
     )
-    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
+    stmt = _present_and_current(stmt)
+    if objects or by_object:
+        stmt = _with_objects(stmt, by_object)
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
     for row in result.mappings():
         out = dict(row)
         root = out["root"]
@@ -188,7 +210,35 @@ def _present_and_current(stmt: Select) -> Select:
     )
 
 
-def export_table(conn: Connection) -> Iterator[list[Any]]:
+def _with_objects(stmt: Select, by_object: bool) -> Select:
+    """Add each image's object number and current record's title and maker, and whether
+    it is the object's primary image (NULLs for an image without a record)."""
+    o, oi, r = _objects, _object_images, _object_records
+    later = _object_records.alias("later")
+    newest = (
+        select(func.max(later.c.revision))
+        .where(later.c.object_id == o.c.id)
+        .correlate(o)
+        .scalar_subquery()
+    )
+    stmt = (
+        stmt.add_columns(o.c.object_number, r.c.title, r.c.maker, oi.c.is_primary.label("primary"))
+        .outerjoin(oi, oi.c.image_id == images.c.id)
+        .outerjoin(o, o.c.id == oi.c.object_id)
+        .outerjoin(r, and_(r.c.object_id == o.c.id, r.c.revision == newest))
+    )
+    if by_object:  # objects first (primary image first), then the rest in path order
+        stmt = stmt.order_by(None).order_by(
+            o.c.object_number.is_(None),
+            o.c.object_number,
+            oi.c.is_primary.desc(),
+            images.c.collection_id,
+            images.c.relpath,
+        )
+    return stmt
+
+
+def export_table(conn: Connection, objects: bool = False) -> Iterator[list[Any]]:
     """export_rows for CSV: one list of cell values per image, in artnote.export.CSV_COLUMNS
     order (status and who reviewed it left None: the caller lays reviews over), with no
     dict or datetime per row.
@@ -214,8 +264,13 @@ def export_table(conn: Connection) -> Iterator[list[Any]]:
     columns = [cells.get(c, null()).label(c) for c in CSV_COLUMNS[1:]]
     stmt = select(collections.c.root, images.c.relpath, *columns)
     created_at = CSV_COLUMNS.index("annotated_at") - 1
-    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(_present_and_current(stmt))
+    stmt = _present_and_current(stmt)
+    if objects:  # three more cells, last: object_number, title, maker
+        stmt = _with_objects(stmt, by_object=False)
+    result = conn.execution_options(yield_per=EXPORT_BATCH).execute(stmt)
     for root, relpath, *row in result:
+        if objects:
+            del row[-1]  # primary: not a CSV column
         if not sqlite and row[created_at] is not None:
             row[created_at] = row[created_at].isoformat(timespec="seconds")
         row.insert(0, image_path(root, relpath))

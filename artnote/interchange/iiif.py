@@ -55,6 +55,7 @@ TEXTS = (
     ("explanation", "Emotion explanation", "describing"),
 )
 REVIEW_FIELD = {"dominant_emotion": "emotion"}  # row key -> correction field, where they differ
+OBJECT = "\0object"  # the first half of an object's manifest key (a folder's: its root)
 
 
 class IiifError(ArtnoteError):
@@ -77,13 +78,18 @@ def write_iiif(
     iiif_url: str | None = None,
     label: str = "artnote collection",
     image_service: str | None = None,
+    per: str = "folder",
 ) -> IiifReport:
-    """Write out/collection.json and one out/manifests/NAME.json per folder.
+    """Write out/collection.json and one out/manifests/NAME.json per folder, or with
+    per="object" per object of the collection records (rows in export_rows(by_object=True)
+    order; images without a record still go per folder).
 
     `base_url`: where the scanned folders' images are served (an image's URL is base_url
     + its path under the scanned folder). `iiif_url`: where `out` itself will be served
     (the ids of the written documents); default base_url + "iiif/".
     """
+    if per not in ("folder", "object"):
+        raise IiifError(f"--per must be folder or object, not {per!r}")
     base = _url_folder(base_url, "--base-url")
     published = _url_folder(iiif_url or base + "iiif/", "--iiif-url")
     service = _url_folder(image_service, "--image-service").rstrip("/") if image_service else None
@@ -96,13 +102,15 @@ def write_iiif(
     try:
         for row in rows:
             folder = _folder_of(row)
+            if per == "object" and folder and row.get("object_number"):
+                folder = (OBJECT, str(row["object_number"]))
             size = _size(row) if folder else None
             if folder is None or size is None:
                 why = "its path leaves the scanned folder" if folder is None else "unreadable"
                 report.skipped.append((str(row.get("path")), why))
                 continue
             writer.close_until(folder, report)
-            writer.open(folder).add(row, size)
+            writer.open(folder, row).add(row, size)
             report.canvases += 1
         writer.close_until(None, report)
     except OSError as exc:
@@ -124,11 +132,13 @@ def write_iiif(
 class _Manifest:
     """One folder's Manifest, written canvas by canvas to a temporary file."""
 
-    def __init__(self, writer: _Writer, key: tuple[str, str], part: int) -> None:
+    def __init__(self, writer: _Writer, key: tuple[str, str], part: int, first: Any) -> None:
         root, folder = key
         self.writer = writer
         self.name = folder or Path(root).name or "collection"
-        self.path = writer.out / "manifests" / _file_name(key, self.name, part)
+        if root == OBJECT and first.get("title"):  # an object's manifest: its title
+            self.name = f"{first['title']} ({folder})"
+        self.path = writer.out / "manifests" / _file_name(key, folder or self.name, part)
         if part > 1:
             self.name += f" (part {part})"
         self.id = writer.published + "manifests/" + self.path.name
@@ -136,7 +146,9 @@ class _Manifest:
         self.tmp = self.path.with_name(self.path.name + ".partial")
         from iiif_prezi3 import Manifest
 
-        shell = json.loads(Manifest(id=self.id, label={LANGUAGE: [self.name]}, items=[]).jsonld())
+        metadata = _record_metadata(first) if root == OBJECT else None
+        manifest = Manifest(id=self.id, label={LANGUAGE: [self.name]}, items=[], metadata=metadata)
+        shell = json.loads(manifest.jsonld())
         del shell["items"]
         head = json.dumps(shell, ensure_ascii=False)
         self.fh: IO[str] = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115
@@ -162,11 +174,11 @@ class _Writer:
         # does not sort paths bytewise (PostgreSQL in some locales) and a folder comes back.
         self.parts: dict[tuple[str, str], int] = {}
 
-    def open(self, key: tuple[str, str]) -> _Manifest:
+    def open(self, key: tuple[str, str], row: Mapping[str, Any]) -> _Manifest:
         if self.open_folders and self.open_folders[-1][0] == key:
             return self.open_folders[-1][1]
         self.parts[key] = self.parts.get(key, 0) + 1
-        manifest = _Manifest(self, key, self.parts[key])
+        manifest = _Manifest(self, key, self.parts[key], row)
         self.open_folders.append((key, manifest))
         return manifest
 
@@ -190,6 +202,8 @@ class _Writer:
 def _inside(key: tuple[str, str] | None, folder: tuple[str, str]) -> bool:
     if key is None or key[0] != folder[0]:
         return False
+    if folder[0] == OBJECT:  # objects do not nest
+        return key == folder
     return key[1] == folder[1] or not folder[1] or key[1].startswith(folder[1] + "/")
 
 
@@ -215,6 +229,7 @@ def _canvas(
     canvas = Canvas(
         id=canvas_id,
         label={"none": [PurePosixPath(relpath).name]},
+        metadata=_record_metadata(row),
         width=width,
         height=height,
         items=[AnnotationPage(id=canvas_id + "/page/painting", items=[painting])],
@@ -269,6 +284,19 @@ def _text_annotation(
         generator=GENERATOR,
         **extra,
     )
+
+
+def _record_metadata(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The museum's object number, title and maker (artnote import records), as IIIF
+    metadata pairs; None for an image without a record."""
+    if not row.get("object_number"):
+        return None
+    pairs = [("Object number", "object_number"), ("Title", "title"), ("Maker", "maker")]
+    return [
+        {"label": {LANGUAGE: [label]}, "value": {"none": [str(row[key])]}}
+        for label, key in pairs
+        if row.get(key)
+    ]
 
 
 def _creators(row: Mapping[str, Any], review_field: str) -> list[dict[str, str]]:

@@ -147,6 +147,9 @@ def _task(row: Mapping[str, Any], image_root: str | None) -> dict[str, Any]:
         "artnote_image_id": row["image_id"],
         "artnote_status": row.get("status") or "draft",
     }
+    for key in ("object_number", "title", "maker"):  # the museum's record, to show beside it
+        if row.get(key):
+            data[key] = row[key]
     return {"data": data, "predictions": [{"model_version": version, "result": result}]}
 
 

@@ -143,6 +143,12 @@ def properties(row: Mapping[str, Any]) -> dict[str, Any]:
         f"Xmp.{PREFIX}.correctedFields": list(row.get("corrected_fields") or ()) or None,
     }
     xmp.update((f"Xmp.{PREFIX}.{name}", _text(row.get(key))) for key, name in _PLAIN)
+    if row.get("object_number"):  # IPTC's artwork fields: the museum's record of the object
+        work = "Xmp.iptcExt.ArtworkOrObject"
+        xmp[work] = "type=Bag"
+        xmp[f"{work}[1]/iptcExt:AOSourceInvNo"] = _text(row["object_number"])
+        xmp[f"{work}[1]/iptcExt:AOTitle"] = _lang_alt(row.get("title"))
+        xmp[f"{work}[1]/iptcExt:AOCreator"] = [_text(row["maker"])] if row.get("maker") else None
     xmp[f"Xmp.{PREFIX}.emotions"] = "type=Struct"
     for column, name in zip(EMOTION_COLUMNS, EMOTION_FIELDS, strict=True):
         value = row.get(column)
