@@ -44,7 +44,9 @@ def register(app: typer.Typer, group: type) -> None:
     corrections_app.command("import")(corrections_import)
     corrections_app.command("import-label-studio")(corrections_import_label_studio)
     import_app = typer.Typer(
-        cls=group, help="Import curated annotations from elsewhere.", no_args_is_help=True
+        cls=group,
+        help="Import curated annotations (ArtEmis) and collection records.",
+        no_args_is_help=True,
     )
     app.add_typer(import_app, name="import")
     import_app.command("artemis")(import_artemis_cmd)
