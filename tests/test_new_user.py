@@ -267,7 +267,7 @@ def readme_line(section: str) -> str:
 def test_ci_runs_the_readme_install_and_test_lines_as_written():
     readme = (ROOT / "README.md").read_text()
     install, test = readme_line("Set up"), readme_line("Test")
-    assert install == "pip install -e ."
+    assert install == 'pip install -e ".[cpu]"'
     assert test == 'pip install -e ".[test,ray]" && python -m pytest -q'
     for line in (install, test):
         assert f"\n{line}" in readme  # as written there
@@ -275,6 +275,27 @@ def test_ci_runs_the_readme_install_and_test_lines_as_written():
     assert 'readme_line "Set up"' in run and 'readme_line "Test"' in run
     assert 'eval "$install_line"' in run and 'eval "$test_line"' in run
     assert "pip install -q torch==2.13.0" in run  # the one machine pin, before the README's lines
+
+
+def test_no_install_holds_both_onnx_runtime_packages():
+    """onnxruntime and onnxruntime-gpu both provide the `onnxruntime` module: installed
+    side by side, the last one wins and a GPU machine may lose its CUDA provider. The base
+    install holds neither; the cpu extra one, the gpu extra the other."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def runtimes(requirements: list[str]) -> set[str]:
+        names = {re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0].lower() for r in requirements}
+        return names & {"onnxruntime", "onnxruntime-gpu"}
+
+    assert runtimes(project["dependencies"]) == set()
+    assert runtimes(extras["cpu"]) == {"onnxruntime"}
+    assert runtimes(extras["gpu"]) == {"onnxruntime-gpu"}
+    for name, requirements in extras.items():
+        if name not in ("cpu", "gpu"):
+            assert runtimes(requirements) == set(), name  # no extra brings one in again
 
 
 # --- 11. control characters in model output ------------------------------------------------

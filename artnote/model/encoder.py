@@ -530,10 +530,16 @@ def _provider(device: Any) -> tuple[str, dict[str, Any]]:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise OnnxUnavailable(f"onnxruntime cannot be imported ({_reason(exc)})") from None
+        extra = "gpu" if device.type == "cuda" else "cpu"
+        raise OnnxUnavailable(
+            f"onnxruntime cannot be imported ({_reason(exc)}; pip install 'artnote[{extra}]')"
+        ) from None
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise OnnxUnavailable("onnxruntime-gpu is not installed (pip install artnote[gpu])")
+            raise OnnxUnavailable(
+                "onnxruntime-gpu is not installed (pip install 'artnote[gpu]', in place of "
+                "the cpu extra: the two ONNX Runtime packages conflict)"
+            )
         return "CUDAExecutionProvider", {"device_id": device.index or 0}
     if device.type == "cpu":
         return "CPUExecutionProvider", {}
