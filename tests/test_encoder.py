@@ -362,3 +362,22 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 def test_default_setting_is_onnx():
     assert ModelSettings().encoder == "onnx"
     assert ModelSettings().encoder_precision == "auto"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_io_binding_gives_what_a_plain_session_run_gives(
+    tiny_models, art_images, onnx_cache, family
+):
+    """The encoder binds torch's tensors to ORT's input and output (one code path for the
+    CPU and CUDA providers); on the CPU provider the result must equal session.run's."""
+    loaded = _load(tiny_models[family])
+    encoder = make_encoder(loaded, "onnx", "full")
+    assert isinstance(encoder, OnnxEncoder)
+    pixels = _pixels(loaded, art_images[:2])["pixel_values"]
+    tiles = pixels.reshape(-1, *pixels.shape[-3:]) if loaded.family.tiled else pixels
+    tiles = tiles[tiles.reshape(tiles.shape[0], -1).ne(0).any(dim=1)][:3]
+    x = tiles.to(encoder.vision_dtype).to(encoder.export_dtype).contiguous()
+    bound = encoder._run_bound(x)
+    (plain,) = encoder.session.run([encoder.output_name], {encoder.input_name: x.numpy()})
+    assert bound.shape == plain.shape and bound.dtype == x.dtype
+    assert torch.equal(bound, torch.from_numpy(plain))

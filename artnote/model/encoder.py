@@ -278,31 +278,28 @@ class OnnxEncoder:
         # A batch of 8 SmolVLM images is 100+ tiles: one ORT call would hold every tile's
         # attention maps at once (GBs). Chunks keep memory flat at no cost in speed.
         step = TILES_PER_CALL_CUDA if self.device.type == "cuda" else TILES_PER_CALL_CPU
-        parts = []
-        for start in range(0, x.shape[0], step):
-            chunk = x[start : start + step].contiguous()
-            if self.device.type == "cuda":
-                parts.append(self._run_cuda(chunk))
-            else:
-                out = self.session.run([self.output_name], {self.input_name: chunk.numpy()})[0]
-                parts.append(torch.from_numpy(out))
+        parts = [
+            self._run_bound(x[start : start + step].contiguous())
+            for start in range(0, x.shape[0], step)
+        ]
         return torch.cat(parts)
 
-    def _run_cuda(self, x: Any) -> Any:
-        """IO binding: ORT reads and writes torch's GPU memory; nothing crosses to the host."""
+    def _run_bound(self, x: Any) -> Any:
+        """IO binding, on either provider: ORT reads torch's input tensor and writes into a
+        torch tensor in place (on a GPU nothing crosses to the host; on the CPU no copy)."""
         import numpy as np
         import torch
 
         element = np.float16 if x.dtype == torch.float16 else np.float32
         out = torch.empty((x.shape[0], *self.out_shape), dtype=x.dtype, device=x.device)
-        index = x.device.index or 0
+        kind, index = x.device.type, x.device.index or 0
         binding = self.session.io_binding()
-        binding.bind_input(self.input_name, "cuda", index, element, tuple(x.shape), x.data_ptr())
+        binding.bind_input(self.input_name, kind, index, element, tuple(x.shape), x.data_ptr())
         binding.bind_output(
-            self.output_name, "cuda", index, element, tuple(out.shape), out.data_ptr()
+            self.output_name, kind, index, element, tuple(out.shape), out.data_ptr()
         )
-        # ORT computes on its own stream: torch's writes to x must be done before it reads.
-        torch.cuda.current_stream(x.device).synchronize()
+        if kind == "cuda":  # ORT computes on its own stream: torch's writes to x come first
+            torch.cuda.current_stream(x.device).synchronize()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return out
