@@ -118,3 +118,33 @@ def test_ray_bench_smoke_reports_both_engines(tmp_path, art_paths):
     for engine in ("local", "ray"):
         assert result[engine]["annotated"] == 6 and result[engine]["seconds"] > 0
     assert result["ray"]["ray_init_s"] > 0 and result["overall_ratio_ray_over_local"] > 0
+
+
+def test_peer_vllm_plan_asks_artnotes_questions_and_counts_its_tokens(tiny_models):
+    """vLLM's side of bench/peer_vllm.py gets artnote's own prompts, and as many generated
+    tokens as artnote generates; without vLLM the script prints the accounting."""
+    from peer_vllm import accounting, main, plan
+    from transformers import AutoProcessor
+
+    from artnote.emotions import EMOTIONS
+    from artnote.model import inputs
+
+    processor = AutoProcessor.from_pretrained(str(tiny_models["smolvlm"]))
+    first, second = plan(processor, 2, 5, dominant=["awe", "fear"])
+    assert len(first) == 2 * (2 + len(EMOTIONS)) and len(second) == 2
+    for r in first + second:
+        field = "emotion" if r.kind == "label" else r.kind
+        emotion = {0: "awe", 1: "fear"}[r.image] if r.kind == "explanation" else None
+        parts = inputs.field_parts(processor, field, emotion)
+        want = parts.prefix + parts.suffix + (f" {r.label}" if r.kind == "label" else "")
+        assert r.prompt == want
+    assert sorted(r.label for r in first if r.image == 0 and r.kind == "label") == sorted(EMOTIONS)
+    counts = accounting(processor, first + second, image_tokens=64)
+    assert counts["generated_tokens"] == 2 * (3 * 5 + len(EMOTIONS))
+    assert counts["requests"] == 24
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        result = main(["--shape", "smolvlm-256m", "--images", "2", "--tokens", "4"])
+        assert result["vllm"].startswith("not installed")
+        assert result["vllm_plan"]["generated_tokens"] == 2 * (3 * 4 + len(EMOTIONS))
