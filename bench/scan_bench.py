@@ -325,7 +325,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="artnote's [model] encoder_precision (default: artnote's default, auto)",
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="only artnote, with its peak RSS explained stage by stage (no naive run)",
+    )
     args = ap.parse_args(argv)
+    if args.memory:
+        return memory_main(args)
 
     from artnote.model.load import resolve_device
 
@@ -364,6 +371,84 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def memory_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of a scan, stage by stage: the weights, the encoder's session, the scan's
+    peak; against the weights plus one batch's tensors (pixels, image features, the
+    prefix's KV cache), measured on the first batch."""
+    import torch
+
+    from artnote.model.annotate import Annotator
+    from artnote.model.load import resolve_device
+
+    device = resolve_device(args.device)
+    batch = args.batch_size or (32 if device == "cuda" else 8)
+    result: dict[str, Any] = {"shape": args.shape, "images": args.images, "batch_size": batch}
+    with tempfile.TemporaryDirectory(prefix="artnote-bench-") as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("ARTNOTE_CACHE_DIR", str(work / "cache"))
+        paths = make_collection(work / "collection", args.images)
+        result["start_rss_mb"] = _rss_mb()
+        loaded = build(args.shape, device, work)
+        model = loaded.model
+        weights = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
+        result["weights_mb"] = weights / 2**20
+        result["after_weights_rss_mb"] = _rss_mb()
+        # The one-time export (and int8 copy) first, then the session the scan uses.
+        Annotator(loaded, encoder="onnx", encoder_precision=args.encoder_precision)
+        result["after_encoder_rss_mb"] = _rss_mb()
+        from PIL import Image
+
+        annotator = Annotator(loaded, encoder="onnx", encoder_precision=args.encoder_precision)
+        images = [Image.open(p).convert("RGB") for p in paths[:batch]]
+        with torch.inference_mode():
+            enc = annotator.format.encode_prefix(annotator.prefix, images)
+            features = annotator.encoder.encode(enc.pixels)
+            kv, _ = annotator._prefill(images)
+        tensors = sum(t.nbytes for t in enc.pixels.values() if isinstance(t, torch.Tensor))
+        tensors += sum(f.nbytes for f in features) + sum(k.nbytes + v.nbytes for k, v in kv)
+        result["batch_tensors_mb"] = tensors / 2**20
+        del enc, features, kv, images
+        _reset_peak()
+        summary, annotator = run_artnote(
+            loaded, work / "collection", args.tokens, batch, work, args.encoder_precision
+        )
+        result["scan_peak_rss_mb"] = _peak_mb()
+        result["images_per_s"] = summary.images_per_s
+    result["ratio"] = result["scan_peak_rss_mb"] / (
+        result["weights_mb"] + result["batch_tensors_mb"]
+    )
+    result["target"] = 2.0
+    for key, value in result.items():
+        print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
+    print(
+        f"peak RSS of the scan is {result['ratio']:.2f}x the weights plus one batch's tensors "
+        "(target <= 2)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+def _peak_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/self/status (Linux only)")
+
+
+def _reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: write 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _gpu_name() -> str:

@@ -148,3 +148,16 @@ def test_peer_vllm_plan_asks_artnotes_questions_and_counts_its_tokens(tiny_model
         result = main(["--shape", "smolvlm-256m", "--images", "2", "--tokens", "4"])
         assert result["vllm"].startswith("not installed")
         assert result["vllm_plan"]["generated_tokens"] == 2 * (3 * 4 + len(EMOTIONS))
+
+
+def test_scan_bench_memory_explains_the_peak(tmp_path, art_paths, monkeypatch):
+    import scan_bench
+
+    monkeypatch.setenv("ARTNOTE_ART_DIR", str(art_paths[0].parent))
+    out = tmp_path / "memory.json"
+    result = scan_bench.main(
+        ["--memory", "--shape", "tiny", "--images", "2", "--tokens", "2", "--json", str(out)]
+    )
+    assert json.loads(out.read_text())["ratio"] == result["ratio"] > 0
+    assert result["weights_mb"] > 0 and result["batch_tensors_mb"] > 0
+    assert result["scan_peak_rss_mb"] >= result["after_weights_rss_mb"] > result["start_rss_mb"]
