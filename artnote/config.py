@@ -31,6 +31,9 @@ class ModelSettings:
     encoder_precision: str = "auto"  # auto (int8 on CPU, full on CUDA) | full | int8 (CPU)
     trust_remote_code: bool = False  # run code shipped with a checkpoint: off unless you trust it
     adapter: str | None = None  # adapter name, folder, or "latest"; none by default
+    # SmolVLM: longest image side before splitting into tiles (a multiple of the tile, 512 px);
+    # 0 = the model's default (2048: up to 16 tiles + a global view). Smaller is faster.
+    max_image_side: int = 0
 
 
 @dataclass
@@ -237,6 +240,11 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"[{section}] {key} must be one of {', '.join(allowed)}, not {value!r}"
             )
+    if settings.model.max_image_side < 0:
+        raise ConfigError(
+            "[model] max_image_side must be 0 (the model's default) or a multiple of the "
+            "model's tile size (SmolVLM: 512)"
+        )
     if settings.scan.batch_size < 0:
         raise ConfigError("[scan] batch_size must be 0 (automatic) or a positive number")
     if settings.scan.max_pixels <= 0:

@@ -212,6 +212,20 @@ def _input_size(settings: Settings) -> int | None:
         revision=settings.model.revision,
         trust_remote_code=settings.model.trust_remote_code,
     )
+    if settings.model.max_image_side:  # as load_model sets it: decode to the same size
+        from transformers import AutoConfig
+
+        from artnote.model.families import family_of_config
+        from artnote.model.load import apply_max_image_side
+
+        config = AutoConfig.from_pretrained(
+            settings.model.name,
+            revision=settings.model.revision,
+            trust_remote_code=settings.model.trust_remote_code,
+        )
+        apply_max_image_side(
+            processor, settings.model.max_image_side, family_of_config(config)
+        )
     return input_size(processor)
 
 

@@ -9,6 +9,7 @@ seconds instead of a minute of retries.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from artnote.config import ModelSettings
-from artnote.errors import ModelError, ModelNotFoundError
+from artnote.errors import ConfigError, ModelError, ModelNotFoundError
 from artnote.model.families import Family, family_of_config
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             f"{_first_line(exc)}; copy or download them again"
         ) from exc
     family = family_of_config(model.config)
+    apply_max_image_side(processor, settings.max_image_side, family)
     if quantization is None:
         try:
             model.to(device)
@@ -122,6 +124,37 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         device=torch.device(device),
         dtype=dtype,
     )
+
+
+def apply_max_image_side(processor: Any, side: int, family: Family) -> None:
+    """`[model] max_image_side`: the longest side SmolVLM's processor resizes images to
+    before splitting them into tiles (its `size["longest_edge"]`; 0 keeps the model's).
+
+    Fewer pixels, fewer tiles: 2048 (SmolVLM's default) makes up to 4x4 tiles of 512 px and
+    a global view, 1024 up to 2x2 and one. Must be a multiple of the tile size, at least
+    one tile. Scan and finetune both load through here; the trainer's feature cache key
+    holds the processor's settings, so features of another size are never reused.
+    """
+    if not side:
+        return
+    image_processor = getattr(processor, "image_processor", None)
+    tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
+    if not getattr(image_processor, "do_image_splitting", False) or not tile:
+        log.warning(
+            "[model] max_image_side is for models that split images into tiles (SmolVLM); "
+            "the %s model ignores it",
+            family.name,
+        )
+        return
+    if side < tile or side % tile:
+        raise ConfigError(
+            f"[model] max_image_side must be 0 (the model's default, "
+            f"{image_processor.size.get('longest_edge')}) or a multiple of the model's "
+            f"{tile} px tile, not {side}"
+        )
+    size = copy.copy(image_processor.size)  # a dict or transformers' SizeDict
+    size["longest_edge"] = side
+    image_processor.size = size
 
 
 def check_model_available(settings: ModelSettings) -> None:
