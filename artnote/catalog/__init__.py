@@ -11,7 +11,7 @@ from pathlib import Path
 
 from artnote.catalog.catalog import Catalog
 from artnote.catalog.engine import catalog_url, create_catalog_engine, display_url
-from artnote.catalog.migrate import has_schema, upgrade_to_head
+from artnote.catalog.migrate import has_schema, refuse_newer_file, upgrade_to_head
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
 from artnote.errors import CatalogError
 
@@ -43,11 +43,14 @@ def open_catalog(url: str | Path, *, create: bool = True) -> Catalog:
     """
     sa_url = catalog_url(url)
     where = display_url(sa_url)
-    if not create:
-        database = sa_url.database or ""
-        sqlite_file = sa_url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-        if sqlite_file and not database.startswith("file:") and not Path(database).exists():
+    database = sa_url.database or ""
+    sqlite_file = sa_url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    sqlite_file = sqlite_file and not database.startswith("file:")
+    if sqlite_file and not Path(database).exists():
+        if not create:
             raise CatalogError(f"no catalog at {where}: {NO_CATALOG_HINT}")
+    elif sqlite_file:
+        refuse_newer_file(Path(database), where)  # before our connections switch it to WAL
     engine = create_catalog_engine(url)
     try:
         if not create and not has_schema(engine, where):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sqlite3
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +88,16 @@ def quick_heads(folder: Path) -> set[str] | None:
     Only ever used to recognise an up-to-date catalog; anything else goes
     through Alembic itself.
     """
+    literals = _revision_literals(folder)
+    if literals is None:
+        return None
+    revisions, parents = literals
+    return (revisions - parents) or None
+
+
+def _revision_literals(folder: Path) -> tuple[set[str], set[str]] | None:
+    """(every revision, every parent revision) of the revision files, from their
+    literals without importing them; None when a file cannot be read so."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (folder / "versions").glob("*.py"):
@@ -110,7 +121,38 @@ def quick_heads(folder: Path) -> set[str] | None:
             parents.add(down)
         elif isinstance(down, tuple | list):
             parents.update(str(d) for d in down)
-    return (revisions - parents) or None
+    return revisions, parents
+
+
+def refuse_newer_file(path: Path, where: str) -> None:
+    """Refuse a SQLite catalog file stamped with a revision this artnote does not know,
+    before any connection of ours touches it.
+
+    Our connections switch the file to WAL as they open it, which rewrites its header
+    and leaves -wal/-shm files beside it; a catalog made by a newer artnote must stay
+    byte for byte as it was. So its revision is read first through an `immutable`
+    connection, which writes nothing and creates no file. (Immutable also ignores a
+    WAL another process may be writing: a revision read so is at worst an older one,
+    which the normal path, under its own connection, checks again.) A file that
+    cannot be read so is left to the normal path and its error messages.
+    """
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        stored = {str(v) for (v,) in db.execute("SELECT version_num FROM alembic_version")}
+    except sqlite3.Error:
+        return  # no such table (a new or foreign file), or not a database: said later
+    finally:
+        db.close()
+    literals = _revision_literals(migrations_dir())
+    if not stored or (literals is not None and stored <= literals[0]):
+        return
+    from alembic.script import ScriptDirectory  # the literals were unsure: ask Alembic
+
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    _refuse_unknown(stored, known, where)
 
 
 def has_schema(engine: Engine, where: str) -> bool:
@@ -160,9 +202,7 @@ def _upgrade_locked(conn: Connection, heads: set[str], known: set[str], where: s
             conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
-def _refuse_foreign(
-    conn: Connection, current: set[str], known: Collection[str], where: str
-) -> None:
+def _refuse_unknown(current: set[str], known: Collection[str], where: str) -> None:
     unknown = sorted(current - set(known))
     if unknown:
         raise CatalogError(
@@ -170,6 +210,12 @@ def _refuse_foreign(
             f"{__version__} (made by a newer artnote?); upgrade artnote to open it. "
             "The catalog was not changed."
         )
+
+
+def _refuse_foreign(
+    conn: Connection, current: set[str], known: Collection[str], where: str
+) -> None:
+    _refuse_unknown(current, known, where)
     if not current:
         tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
         if tables:
