@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from artnote import signals
 from artnote.cli_options import CatalogOpt, ConfigOpt, JsonOpt, ModelOpt
 from artnote.cli_options import echo_err as _err
 from artnote.cli_options import open_catalog_for as _open_catalog
@@ -32,9 +34,17 @@ class _Group(TyperGroup):
                 raise
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(EXIT_ERROR) from None
-        except KeyboardInterrupt:
-            typer.echo("Interrupted.", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (artnote.signals)
+            typer.echo(f"{stopped_by(exc)}.", err=True)
+            raise typer.Exit(signals.exit_status(exc)) from None
+
+
+def stopped_by(exc: BaseException | None = None) -> str:
+    """'Interrupted' for Ctrl-C, 'Stopped by SIGTERM' (or SIGHUP) for a stop signal."""
+    if isinstance(exc, signals.Stopped):
+        return f"Stopped by {exc.name}" + (f": {exc.note}" if exc.note else "")
+    received = signals.received()
+    return f"Stopped by {signal.Signals(received).name}" if received else "Interrupted"
 
 
 app = typer.Typer(
@@ -217,8 +227,9 @@ def scan(
         if len(summary.failures) > 20:
             _err(f"  ... and {len(summary.failures) - 20} more (artnote status lists them all)")
     if summary.outcome == "interrupted":
-        _err("Interrupted: what was annotated is saved; run the same command to resume.")
-        raise typer.Exit(130)
+        _err(f"{stopped_by()}: what was annotated is saved; run the same command to resume.")
+        received = signals.received()
+        raise typer.Exit(128 + received if received else 130)
     raise typer.Exit(EXIT_SOME_FAILED if summary.some_failed else 0)
 
 
@@ -366,6 +377,7 @@ _load_plugins()
 
 
 def main() -> None:
+    signals.handle_stop_signals()  # SIGTERM and SIGHUP stop a command as Ctrl-C does
     try:
         app()
     except ArtnoteError as exc:  # raised outside a command (e.g. while parsing)

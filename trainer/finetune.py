@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from artnote import signals
 from artnote.config import Settings
 from artnote.emotions import EMOTIONS
 from artnote.errors import ArtnoteError
@@ -149,46 +150,61 @@ def finetune(
         scaler.load_state_dict(resumed["scaler"])  # the loss scale reached, for an exact resume
     # ---- fit
     loaded.model.train()
-    for epoch in range(step // per_epoch, hp.epochs):
-        order = list(range(len(train)))
-        random.Random(hp.seed * 1000 + epoch).shuffle(order)
-        groups = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
-        first = step - epoch * per_epoch
-        stream = ctx.stream.batches(train, groups[first * hp.grad_accum :])
-        for k in range(first, per_epoch):
-            tick = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            micro = [next(stream) for _ in groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]]
-            micro = [(batch, prepared) for batch, prepared in micro if batch]  # images left out
-            seen, step_loss = sum(len(batch) for batch, _ in micro), 0.0
-            for batch, prepared in micro:
-                with ctx.autocast():
-                    loss, _ = ctx.objective.loss(batch, prepared)
-                scaler.scale(loss * len(batch) / seen).backward()
-                step_loss += float(loss.detach()) * len(batch) / seen
-            del micro
-            if seen:  # else every image of the step was left out: the step changes nothing
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
-                for g in optimizer.param_groups:
-                    g["lr"] = learning_rate(step, total_steps, hp)
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(step_loss)
-            step += 1
-            bars.step(step_loss, seen / (time.perf_counter() - tick))
-            # ---- validate: before a checkpoint that ends the epoch, or a run resumed
-            # from that checkpoint would never validate this epoch
-            if k == per_epoch - 1:
-                metrics = {"epoch": epoch + 1, "train_loss": _mean(losses[-per_epoch:])}
-                if val:
-                    metrics.update(validate(ctx, val, hp))
-                epochs.append(metrics)
-                bars.epoch(metrics)
-            if step % hp.checkpoint_every == 0 and step < total_steps:
-                save(f"step-{step}")
-            if on_step is not None:
-                on_step(step)
+    with signals.deferred():  # a SIGTERM/SIGHUP ends the fit at a step boundary
+        for epoch in range(step // per_epoch, hp.epochs):
+            order = list(range(len(train)))
+            random.Random(hp.seed * 1000 + epoch).shuffle(order)
+            groups = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
+            first = step - epoch * per_epoch
+            stream = ctx.stream.batches(train, groups[first * hp.grad_accum :])
+            for k in range(first, per_epoch):
+                tick = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                micro = [next(stream) for _ in groups[k * hp.grad_accum : (k + 1) * hp.grad_accum]]
+                micro = [(batch, prepared) for batch, prepared in micro if batch]  # images left out
+                seen, step_loss = sum(len(batch) for batch, _ in micro), 0.0
+                for batch, prepared in micro:
+                    with ctx.autocast():
+                        loss, _ = ctx.objective.loss(batch, prepared)
+                    scaler.scale(loss * len(batch) / seen).backward()
+                    step_loss += float(loss.detach()) * len(batch) / seen
+                del micro
+                if seen:  # else every image of the step was left out: the step changes nothing
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, hp.clip)
+                    for g in optimizer.param_groups:
+                        g["lr"] = learning_rate(step, total_steps, hp)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    losses.append(step_loss)
+                step += 1
+                bars.step(step_loss, seen / (time.perf_counter() - tick))
+                # ---- validate: before a checkpoint that ends the epoch, or a run resumed
+                # from that checkpoint would never validate this epoch
+                if k == per_epoch - 1:
+                    metrics = {"epoch": epoch + 1, "train_loss": _mean(losses[-per_epoch:])}
+                    if val:
+                        metrics.update(validate(ctx, val, hp))
+                    epochs.append(metrics)
+                    bars.epoch(metrics)
+                saved = step % hp.checkpoint_every == 0 and step < total_steps
+                if saved:
+                    save(f"step-{step}")
+                if on_step is not None:
+                    on_step(step)
+                received = signals.received()
+                if received is not None and step < total_steps:
+                    # A scheduler's SIGTERM (or SIGHUP): stop at this step boundary, after a
+                    # checkpoint to resume from. A second signal would not wait for it.
+                    where = out_dir / f"step-{step}"
+                    if not saved:
+                        save(where.name)
+                    bars.close()
+                    raise signals.Stopped(
+                        received,
+                        note=f"checkpoint {where} saved at step {step} of {total_steps}; "
+                        "run the same command with --resume to continue",
+                    )
     bars.close()
     loaded.model.eval()
     # ---- save
