@@ -34,6 +34,7 @@ from sqlalchemy.exc import (
 )
 
 from artnote.errors import CatalogError
+from artnote.files import free_space
 
 log = logging.getLogger(__name__)
 
@@ -219,4 +220,22 @@ def translate_errors(where: str) -> Iterator[None]:
     except (IntegrityError, ProgrammingError, DataError, InterfaceError, NotSupportedError):
         raise  # our bugs, not the user's: keep the full error
     except DBAPIError as exc:  # locked, unreadable, full disk, not a database, server gone
+        if _is_full(exc.orig):
+            free = "" if "://" in where else f" ({free_space(where)} free on its volume)"
+            raise CatalogFullError(
+                f"catalog {where}: {exc.orig}{free}; the write in progress was not saved: "
+                "free some space and run the same command again"
+            ) from exc
         raise CatalogError(f"catalog {where}: {exc.orig}") from exc
+
+
+class CatalogFullError(CatalogError):
+    """The catalog's disk (or SQLite's max_page_count, or the server's disk) is full."""
+
+
+def _is_full(error: BaseException | None) -> bool:
+    """SQLite's SQLITE_FULL, or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == 13  # SQLITE_FULL, extended codes included
+    return getattr(error, "sqlstate", None) == "53100" or getattr(error, "pgcode", None) == "53100"
