@@ -434,12 +434,18 @@ def test_folder_and_status_filters(client, paintings, tmp_path):
 # ---- the command ------------------------------------------------------------------------
 
 
+def _config(server) -> dict:
+    """What `artnote review` asked uvicorn to serve (its Server not run)."""
+    config = server.config
+    return {"app": config.app, "host": config.host, "port": config.port}
+
+
 def test_the_command_says_where_and_warns_without_login(paintings, monkeypatch):
     import uvicorn
 
     db, _ = paintings
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: served.update(_config(server)))
     runner = CliRunner()
     local = runner.invoke(cli_app, ["review", "--catalog", str(db), "--port", "8799"])
     assert local.exit_code == 0, (local.output, local.exception)
@@ -653,7 +659,7 @@ def test_a_server_on_every_address_answers_its_ip_addresses_not_other_names(pain
 
     db, _ = paintings
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: served.update(_config(server)))
     argv = ["review", "--catalog", str(db), "--host", "0.0.0.0", "--port", "8799"]
     assert CliRunner().invoke(cli_app, argv).exit_code == 0
     with TestClient(served["app"]) as c:

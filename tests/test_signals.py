@@ -131,3 +131,43 @@ def test_a_signal_ignored_at_start_stays_ignored(monkeypatch):
     monkeypatch.setattr(signal, "signal", lambda s, h: installed.setdefault(s, h))
     signals.handle_stop_signals()
     assert set(installed) == {signal.SIGTERM}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_the_review_server_answers_the_request_in_flight_then_stops(tmp_path, signum):
+    import socket
+    import threading
+    import urllib.request
+
+    db = tmp_path / "catalog.db"
+    annotated_catalog(db, tmp_path / "collection", 2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**artnote_env(db, tmp_path / "no-model", tmp_path / "cache"), "USER": "ana"}
+    slow = {"sleep": ["web.review_queries.Lister.page", 2.0]}  # the grid page takes 2 s
+    proc = start(["review", "--port", port], env, slow)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:  # up: a cheap route answers
+        try:
+            urllib.request.urlopen(f"{url}/favicon.ico", timeout=5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+    answer: dict[str, object] = {}
+
+    def fetch() -> None:
+        with urllib.request.urlopen(url + "/", timeout=30) as response:
+            answer.update(status=response.status, body=response.read().decode())
+
+    request = threading.Thread(target=fetch)
+    request.start()
+    time.sleep(0.5)  # the request is in flight (its query sleeps 2 s)
+    proc.send_signal(signum)
+    request.join(timeout=60)
+    code, err = finish(proc)
+    assert answer.get("status") == 200 and "</html>" in str(answer.get("body")), answer
+    assert code == 128 + signum, err
+    assert f"Stopped by {signal.Signals(signum).name}." in err

@@ -39,7 +39,7 @@ def review(
 ) -> None:
     """Review annotations in the browser: a local web page with the images, filters,
     editing and approval, written to the catalog as `artnote correct`/`approve` write."""
-    from web.app import main
+    from web.serve import main
 
     main(host=host, port=port, by=by, catalog=catalog, config=config)
 
