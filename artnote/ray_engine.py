@@ -134,9 +134,10 @@ class RayEngine:
         # max_restarts=-1, max_task_retries=-1); test_a_worker_killed_mid_run_costs_nothing
         bar = pipeline.reporter(progress, len(pending))
         stages = summary.stages
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         try:
             tick = time.perf_counter()
-            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for out in batches:
                 stages["ray_wait"] += time.perf_counter() - tick
                 if self.on_batch is not None:
                     self.on_batch(out)
@@ -147,6 +148,12 @@ class RayEngine:
                 tick = time.perf_counter()
         finally:
             bar.close()
+            # Stopped early (Ctrl-C, SIGTERM, an error): closing the iterator shuts Ray
+            # Data's executor down now, which kills the annotator actors, rather than
+            # whenever the garbage collector gets to it.
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
     def _record(self, out, catalog, run_id, summary, fresh_only, fed) -> None:
         from artnote import pipeline
@@ -223,9 +230,7 @@ def _input_size(settings: Settings) -> int | None:
             revision=settings.model.revision,
             trust_remote_code=settings.model.trust_remote_code,
         )
-        apply_max_image_side(
-            processor, settings.model.max_image_side, family_of_config(config)
-        )
+        apply_max_image_side(processor, settings.model.max_image_side, family_of_config(config))
     return input_size(processor)
 
 

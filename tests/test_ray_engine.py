@@ -142,6 +142,47 @@ def test_a_worker_killed_mid_run_costs_nothing(local_ray, tiny_models, collectio
     assert len(counts) == 8 and all(n == 1 for _, n in counts), counts
 
 
+def test_sigterm_stops_the_driver_its_actors_and_marks_the_run_interrupted(
+    local_ray, tiny_models, collection, catalog_url
+):
+    from artnote import signals
+
+    def stop_after_the_first_batch(batch):
+        if not stopped:
+            stopped.append(len(batch["image_id"]))
+            os.kill(os.getpid(), signal.SIGTERM)  # as Slurm or Kubernetes would
+
+    stopped: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+    signals.handle_stop_signals()  # what `artnote scan` does first
+    try:
+        engine = RayEngine(RayOptions(workers=1, batch_size=2), on_batch=stop_after_the_first_batch)
+        settings = _settings(tiny_models["smolvlm"], catalog_url)
+        summary = _scan(collection, settings, catalog_url, engine)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signals.reset()
+    assert stopped and summary.outcome == "interrupted"
+    assert summary.annotated <= stopped[0]  # the batch in hand when the signal came, at most
+    with open_catalog(catalog_url, create=False) as cat, cat.engine.connect() as conn:
+        outcomes = conn.execute(text("SELECT outcome FROM runs")).scalars().all()
+    assert outcomes == ["interrupted"]
+    for pid in engine.pids:  # the annotator actors are stopped, not left computing
+        for _ in range(300):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            import time
+
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"actor process {pid} still runs after the driver stopped")
+    again = _scan(collection, settings, catalog_url, RayEngine(RayOptions(workers=1)))
+    assert again.outcome == "completed" and again.annotated + summary.annotated == 8
+
+
 def test_a_second_ray_run_sends_nothing(
     local_ray, tiny_models, collection, catalog_url, monkeypatch
 ):
