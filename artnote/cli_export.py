@@ -20,6 +20,7 @@ from artnote.cli_options import echo_err as _err
 from artnote.cli_options import open_catalog_for as _open_catalog
 from artnote.cli_options import settings_for as _settings
 from artnote.errors import ArtnoteError
+from artnote.files import atomic_write, write_error
 
 StatusOpt = Annotated[
     list[str] | None,
@@ -324,21 +325,15 @@ def _write(
     quiet: bool = False,
     noun: str = "annotations",
 ) -> None:
-    """Write to stdout, or to `out` through a temporary file, so that a failed export
+    """Write to stdout, or to `out` through artnote.files, so that a failed export
     never leaves a half-written file under the real name."""
     if out is None:
         write(sys.stdout)
         return
-    tmp = out.with_name(out.name + ".partial")
     try:
-        with open(tmp, "w", encoding=encoding, newline="") as fh:
+        with atomic_write(out, "w", encoding=encoding, newline="") as fh:
             count = write(fh)
-        tmp.replace(out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArtnoteError(f"cannot write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError as exc:  # the folder is missing, say: still one line
+        raise write_error(out, exc) from None
     if not quiet:
         _err(f"wrote {count} {noun} to {out}")

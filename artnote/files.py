@@ -6,6 +6,8 @@ ONNX cache, adapters, checkpoints, backups, thumbnails) goes through here:
 
     with atomic_write(path, "w", encoding="utf-8") as fh:   # one file
         fh.write(...)
+    with atomic_path(path) as tmp:                         # one file, for a writer by path
+        tool.write(tmp)
     with atomic_folder(path) as tmp:                       # a folder of files
         (tmp / "a.bin").write_bytes(...)
     with entry_lock(path):                                 # one writer per cache entry
@@ -23,7 +25,6 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,37 +86,31 @@ def temporary_name(dest: Path) -> Path:
 
 
 @contextmanager
-def atomic_write(
+def atomic_path(
     dest: str | os.PathLike[str],
-    mode: str = "w",
     *,
-    encoding: str | None = None,
-    newline: str | None = None,
     durable: bool = True,
     like: str | os.PathLike[str] | None = None,
-) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `dest` for writing ("w" or "wb"); when the block ends
-    without an exception it is flushed (`durable`: fsync'd) and renamed to `dest`,
-    replacing what was there; otherwise it is removed and `dest` is as it was.
+) -> Iterator[Path]:
+    """A new empty file beside `dest`, by its path, for writers that need one (exiv2, a
+    SQLite backup); when the block ends without an exception it is fsync'd (`durable`)
+    and renamed to `dest`, replacing what was there; otherwise it is removed and `dest`
+    is as it was.
 
     The file gets the usual permissions (umask), or those of the file `like`. OSErrors
     of the write side (no space, quota, read-only, permission) become a one-line
     WriteError/DiskFullError naming `dest`; others pass through unchanged.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write writes new files: mode 'w' or 'wb', not {mode!r}")
     dest = Path(dest)
     tmp = temporary_name(dest)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as exc:
         raise write_error(dest, exc) from None
     try:
-        with open(fd, mode, encoding=encoding, newline=newline) as fh:
-            yield fh
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
+        yield tmp
+        if durable:
+            fsync_path(tmp)
         if like is not None:
             shutil.copymode(like, tmp)
         os.replace(tmp, dest)
@@ -127,6 +122,28 @@ def atomic_write(
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextmanager
+def atomic_write(
+    dest: str | os.PathLike[str],
+    mode: str = "w",
+    *,
+    encoding: str | None = None,
+    newline: str | None = None,
+    durable: bool = True,
+    like: str | os.PathLike[str] | None = None,
+) -> Iterator[IO[Any]]:
+    """atomic_path, opened for writing ("w" or "wb"): the file object is yielded, and
+    flushed (`durable`: fsync'd) before the rename."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes new files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(dest, durable=False, like=like) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
 
 
 def write_bytes(dest: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
@@ -151,7 +168,10 @@ def atomic_folder(dest: str | os.PathLike[str], *, replace: bool = False) -> Ite
     """
     dest = Path(dest)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=PARTIAL, dir=dest.parent))
+        # Not mkdtemp: its 0700 would make the folder private once renamed (a cache shared
+        # by several users); os.mkdir gives the usual permissions (umask).
+        tmp = temporary_name(dest)
+        os.mkdir(tmp)
     except OSError as exc:
         raise write_error(dest, exc) from None
     try:
@@ -180,11 +200,16 @@ def _sync_tree(folder: Path) -> None:
     """fsync every file under `folder`, so that its rename publishes data, not holes."""
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a written file's data to disk (before a rename publishes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:

@@ -389,7 +389,8 @@ def test_a_failure_while_writing_leaves_nothing_behind(sources, tmp_path, monkey
     out = tmp_path / "out"
     with pytest.raises(ConversionError) as exc_info:
         convert_artgpt4(path, sources / "llm", sources / "blip2", out, progress=lambda _: None)
-    assert "No space left" in one_line_error(exc_info)
+    message = one_line_error(exc_info)
+    assert "no space left" in message and str(out) in message and " free " in message
     assert nothing_written(out)
 
 
@@ -490,3 +491,24 @@ def test_converted_logits_equal_minigpt4_forward_from_the_checkpoint(sources, tm
     assert got.shape[1] == want.shape[1]
     vocab = want.shape[-1]  # the converted model may carry one row more (<image>)
     torch.testing.assert_close(got[..., :vocab], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_full_disk_while_safetensors_writes_a_shard_is_one_line(sources, tmp_path, monkeypatch):
+    # safetensors writes shards from Rust: a full disk comes back as its SafetensorError.
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def disk_full(*_args, **_kwargs):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    path = save(released_layout(), tmp_path / "ArtGPT-4.pth")
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as exc_info:
+        convert_artgpt4(path, sources / "llm", sources / "blip2", out, progress=lambda _: None)
+    message = one_line_error(exc_info)
+    assert message.startswith(f"no space left to write {out / 'model' / 'model.safetensors'} (")
+    assert " free on its volume" in message
+    assert nothing_written(out)

@@ -6,12 +6,14 @@
     optimizer.safetensors, trainer_state.json  what --resume needs (no pickle): the step,
                                                losses, hyperparameters and split
 
-A folder is written under a temporary name and renamed when complete, so a
-crash mid-write never leaves a checkpoint that --resume would trust.
+A folder is written under a temporary name (artnote.files.atomic_folder: hidden, ending
+.partial) and renamed when complete, so a crash or a full disk mid-write never leaves a
+checkpoint that --resume would trust; a temporary folder is never read as one.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import shutil
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from artnote.errors import AdapterError
+from artnote.files import PARTIAL, WriteError, atomic_folder
 from artnote.model.adapters import save_adapter
 from artnote.model.load import LoadedModel
 
@@ -52,27 +55,39 @@ def save_checkpoint(
     state: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(
-        loaded.model,
-        tmp,
-        family=loaded.family,
-        base_model=loaded.name,
-        base_revision=loaded.revision,
-        extra=extra,
-    )
     hp = asdict(hyperparameters) if is_dataclass(hyperparameters) else dict(hyperparameters)
-    (tmp / "hyperparameters.toml").write_text(write_toml(hp), encoding="utf-8")
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    save_file(_optimizer_tensors(loaded, optimizer), str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    # One folder, published whole by one rename (artnote.files): --resume trusts a step-N/
+    # because it exists. Files inside are plain writes; atomic_folder syncs them all.
+    _remove_leftovers(folder)
+    tmp = folder
+    try:
+        with atomic_folder(folder, replace=True) as tmp:
+            save_adapter(
+                loaded.model,
+                tmp,
+                family=loaded.family,
+                base_model=loaded.name,
+                base_revision=loaded.revision,
+                extra=extra,
+            )
+            (tmp / "hyperparameters.toml").write_text(write_toml(hp), encoding="utf-8")
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            # safetensors' bytes written by Python, so that a full disk is a clear error
+            (tmp / "optimizer.safetensors").write_bytes(save(_optimizer_tensors(loaded, optimizer)))
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    except WriteError as exc:  # name the checkpoint as the user will look for it
+        raise type(exc)(str(exc).replace(str(tmp), str(folder))) from None
     return folder
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """What an earlier save of this same checkpoint left when it was killed (never read:
+    only step-N/ and final/ are)."""
+    for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*{PARTIAL}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(folder.with_name(folder.name + PARTIAL), ignore_errors=True)  # older artnotes'
 
 
 def _optimizer_tensors(

@@ -8,7 +8,7 @@ with the image's prompt-prefix ids; the second epoch and the next run on the sam
 images skip decoding and the vision tower.
 
 Layout: cache_dir()/features/KEY/ab/abcdef....safetensors, one file per image
-content (sha256), written whole (temp file + rename) and read with safetensors (no
+content (sha256), written whole (artnote.files) and read with safetensors (no
 pickle). KEY hashes everything that changes the features: model, revision, family,
 the encoder that ran and its weights' fingerprint, the processor's settings, the
 prompt prefix and the scan's pixel limit. Files are touched when read; past the
@@ -26,13 +26,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from artnote import __version__
+from artnote.files import PARTIAL, WriteError, write_bytes, write_error
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class FeatureCache:
 
     def put(self, sha256: str, item: Prepared) -> None:
         """Store one image (whole or not at all); a full disk only costs the cache."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if self.cap <= 0:
             return
@@ -126,18 +126,13 @@ class FeatureCache:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            os.close(fd)
-            try:
-                save_file(tensors, tmp)
-                os.replace(tmp, path)
-                _touch(path)
-                self._written += path.stat().st_size
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        except OSError as exc:
-            log.warning("feature cache: cannot write %s (%s); training goes on", path, exc)
+            data = save(tensors)  # bytes, written by Python: the disk's errors reach us
+            write_bytes(path, data)
+            _touch(path)
+            self._written += len(data)
+        except (OSError, WriteError) as exc:
+            why = write_error(path, exc) if isinstance(exc, OSError) else exc
+            log.warning("feature cache: %s; training goes on", why)
             return
         if self._written > self.cap // 20:  # a walk of the cache every 5% of its cap
             self.evict()
@@ -150,10 +145,11 @@ class FeatureCache:
         """Delete the least recently used files (any key) until under the cap; bytes freed."""
         self._written = 0
         day_ago = time.time() - 86400
-        for tmp in self.root.glob("*/*/.tmp-*"):  # left by a write that was killed
-            with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < day_ago:
-                    tmp.unlink()
+        for pattern in (f"*/*/.*{PARTIAL}", "*/*/.tmp-*"):  # left by writes that were killed
+            for tmp in self.root.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if tmp.stat().st_mtime < day_ago:
+                        tmp.unlink()
         files = sorted(_files(self.root))  # oldest first
         total = sum(size for _, size, _ in files)
         freed = 0

@@ -20,6 +20,7 @@ from artnote import signals
 from artnote.config import Settings
 from artnote.emotions import EMOTIONS
 from artnote.errors import ArtnoteError
+from artnote.files import write_error
 from artnote.model.adapters import (
     attach_adapters,
     count_trainable,
@@ -112,7 +113,10 @@ def finetune(
     per_epoch = -(-len(train) // (hp.batch_size * hp.grad_accum))
     total_steps = per_epoch * hp.epochs
     step, metrics, losses, epochs = 0, {}, [], []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, no space: one line
+        raise write_error(out_dir, exc) from None
     if last is not None:
         load_adapter(loaded.model, last, family=loaded.family, base_model=loaded.name)
         checkpoint.load_optimizer_state(last, loaded, optimizer)

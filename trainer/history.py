@@ -7,10 +7,12 @@ CIDEr per field where present). Drawn with matplotlib's Agg backend (no display)
 
 from __future__ import annotations
 
-import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
+
+from artnote.files import WriteError, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,11 @@ def plot(path: Path, losses: list[float], epochs: list[dict[str, Any]], per_epoc
         else:
             right.text(0.5, 0.5, "no held-out images", ha="center", transform=right.transAxes)
         fig.tight_layout()
-        with contextlib.suppress(OSError):
-            fig.savefig(path, dpi=100)
+        picture = io.BytesIO()
+        fig.savefig(picture, format="png", dpi=100)
+        try:
+            write_bytes(path, picture.getvalue())
+        except (OSError, WriteError) as exc:  # a full disk costs the picture, not the run
+            log.warning("no %s: %s", path, exc)
     finally:
         plt.close(fig)

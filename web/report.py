@@ -15,7 +15,6 @@ import heapq
 import io
 import json
 import math
-import os
 from base64 import b64encode
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from markupsafe import Markup
 from artnote.catalog import Catalog
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import ArtnoteError, ImageError
+from artnote.files import write_error, write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 UNCERTAIN = 20  # least-certain images listed
@@ -55,14 +55,11 @@ def main(out: Path, catalog: str | None = None, config: Path | None = None) -> N
 
 
 def write_atomically(out: Path, text: str) -> None:
-    """Write beside `out`, then rename: a reader never sees half a report."""
-    tmp = out.with_name(out.name + ".partial")
+    """A reader never sees half a report (artnote.files); errors are one line."""
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArtnoteError(f"cannot write {out}: {exc.strerror or exc}") from None
+        write_text(out, text)
+    except OSError as exc:  # a missing folder, say
+        raise write_error(out, exc) from None
 
 
 # --- aggregation ----------------------------------------------------------------------

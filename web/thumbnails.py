@@ -9,13 +9,12 @@ there. The original file is never served.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 from artnote.errors import ImageError
+from artnote.files import WriteError, write_bytes
 from artnote.images import decode_image
 
 THUMB = 256
@@ -78,15 +77,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Write a whole file or nothing (two requests may make the same thumbnail at once)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jpg")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
+        write_bytes(path, data)
+    except (OSError, WriteError):
         pass  # a cache that cannot be written costs time, not the page
 
 

@@ -4,7 +4,8 @@
 inside one read transaction, so it is the catalog as of one moment even while a
 scan keeps committing (WAL readers never block writers, nor writers readers).
 A plain file copy taken then could mix pages from before and after a commit.
-The copy is written under a temporary name, checked, and only then renamed.
+The copy is written under a temporary name, checked, synced, and only then renamed;
+a full disk is a one-line error naming the file and the space left.
 
 `check_catalog` never migrates or writes: it reports what SQLite's own checks
 (`integrity_check`, `foreign_key_check`) say, and at which schema revision the
@@ -13,6 +14,9 @@ catalog is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import os
 import sqlite3
 import time
@@ -21,10 +25,12 @@ from pathlib import Path
 
 from artnote.catalog.engine import BUSY_TIMEOUT_S, catalog_url, display_url
 from artnote.errors import CatalogError
+from artnote.files import PARTIAL, temporary_name, write_error
 
 # Tables counted in reports: enough to see at a glance that a copy holds the work.
 COUNTED_TABLES = ("collections", "runs", "images", "annotations", "reviews", "adapters")
 MAX_INTEGRITY_ERRORS = 100  # integrity_check stops after this many
+SQLITE_FULL = 13  # the database or disk is full
 
 
 @dataclass
@@ -92,8 +98,10 @@ def backup_catalog(
             raise CatalogError("the backup must go to another file than the catalog itself")
         if not force:
             raise CatalogError(f"{target} exists; choose another name or use --force")
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
+    _remove_leftovers(target)
+    # SQLite's backup API writes by path, so the copy is made under a temporary name of
+    # artnote.files' kind (hidden, beside it, ending .partial) and published as it would.
+    partial = temporary_name(target)
     start = time.perf_counter()
     try:
         src = sqlite3.connect(source, timeout=BUSY_TIMEOUT_S)
@@ -118,12 +126,33 @@ def backup_catalog(
             os.fsync(fh.fileno())
         partial.replace(target)
     except sqlite3.Error as exc:
-        partial.unlink(missing_ok=True)
+        _remove_partial(partial)
+        if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+            raise write_error(target, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise CatalogError(f"cannot back up catalog {source}: {exc}") from None
+    except OSError as exc:
+        _remove_partial(partial)
+        raise write_error(target, exc) from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove_partial(partial)
         raise
     return BackupReport(str(source), target, pages, time.perf_counter() - start, counts)
+
+
+def _remove_partial(partial: Path) -> None:
+    for path in (partial, partial.with_name(partial.name + "-journal")):
+        path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove what killed backups to `target` left: the temporary copies (and journals) not
+    written to for a day, so never one that a running backup is writing."""
+    day_ago = time.time() - 86400
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*{PARTIAL}*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < day_ago:
+                path.unlink()
+    target.with_name(target.name + ".partial").unlink(missing_ok=True)  # older artnotes'
 
 
 def check_catalog(url_or_path: str | Path) -> CheckReport:

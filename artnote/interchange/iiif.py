@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from urllib.parse import quote
 
 from artnote import __version__
 from artnote.errors import ArtnoteError
+from artnote.files import atomic_write, write_error
 
 LANGUAGE = "en"  # the prompts ask for English; a later language setting replaces this
 CONTEXT = "http://iiif.io/api/presentation/3/context.json"
@@ -60,6 +60,10 @@ OBJECT = "\0object"  # the first half of an object's manifest key (a folder's: i
 
 class IiifError(ArtnoteError):
     """The IIIF export cannot be written as asked (a bad URL, an unwritable folder)."""
+
+
+class _Discarded(Exception):
+    """Thrown into a manifest's atomic_write to drop its temporary file."""
 
 
 @dataclass
@@ -143,7 +147,6 @@ class _Manifest:
             self.name += f" (part {part})"
         self.id = writer.published + "manifests/" + self.path.name
         self.count = 0
-        self.tmp = self.path.with_name(self.path.name + ".partial")
         from iiif_prezi3 import Manifest
 
         metadata = _record_metadata(first) if root == OBJECT else None
@@ -151,18 +154,35 @@ class _Manifest:
         shell = json.loads(manifest.jsonld())
         del shell["items"]
         head = json.dumps(shell, ensure_ascii=False)
-        self.fh: IO[str] = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115
-        self.fh.write(head[:-1] + ', "items": [')
+        # Held open across many rows, so entered by hand: close() publishes, discard() drops.
+        self.file, self.done = atomic_write(self.path, "w", encoding="utf-8"), False
+        self.fh: IO[str] = self.file.__enter__()
+        self.write(head[:-1] + ', "items": [')
 
     def add(self, row: Mapping[str, Any], size: tuple[int, int]) -> None:
         canvas = _canvas(row, size, self.id, self.writer.base, self.writer.service)
-        self.fh.write((",\n" if self.count else "\n") + canvas)
+        self.write((",\n" if self.count else "\n") + canvas)
         self.count += 1
 
+    def write(self, text: str) -> None:
+        """Append `text`; a failure drops the manifest (whether it is open or closing)."""
+        try:
+            self.fh.write(text)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError):  # a full disk names this manifest
+                raise write_error(self.path, exc) from None
+            raise
+
     def close(self) -> None:
-        self.fh.write("\n]}\n")
-        self.fh.close()
-        os.replace(self.tmp, self.path)
+        self.write("\n]}\n")
+        self.done = True
+        self.file.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        if not self.done:
+            self.done = True
+            self.file.__exit__(_Discarded, _Discarded(), None)  # removes the temporary file
 
 
 class _Writer:
@@ -185,8 +205,7 @@ class _Writer:
     def discard_open(self) -> None:
         """After a failure: remove the manifests still being written."""
         for _, manifest in self.open_folders:
-            manifest.fh.close()
-            manifest.tmp.unlink(missing_ok=True)
+            manifest.discard()
         self.open_folders.clear()
 
     def close_until(self, key: tuple[str, str] | None, report: IiifReport) -> None:
@@ -349,11 +368,8 @@ def _url_folder(url: str, option: str) -> str:
 
 
 def _write_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(path, "w", encoding="utf-8") as fh:
             write(fh)
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise IiifError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_error(path, exc) from None

@@ -35,8 +35,9 @@ share: the first in path order gets it, the others are refused, never overwritte
 
 Files come from the collection, so their bytes are untrusted: every exiv2 call is
 guarded, and a file that fails is reported and skipped. An image is written only when
-its bytes still match the catalog's sha256, every file is written to a temporary file
-beside it and renamed into place, and originals are never written.
+its bytes still match the catalog's sha256, every file is written through artnote.files
+(a temporary file beside it, edited by exiv2 there, then renamed into place), and
+originals are never written. A full disk stops the export with one line.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ import functools
 import hashlib
 import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -54,6 +55,7 @@ from typing import Any
 
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import ArtnoteError
+from artnote.files import DiskFullError, WriteError, atomic_path, write_error
 
 LANGUAGE = "en"  # the prompts ask for English; a later language setting replaces this
 NAMESPACE = "https://artnote.dev/ns/1.0/"
@@ -174,7 +176,9 @@ def _run(rows: Iterable[Mapping[str, Any]], target: Target, write: Writer) -> Xm
                 raise _Refused(f"{dest} belongs to another image of this export; not overwritten")
             claimed.add(key)
             write(exiv2, row, image, dest)
-        except _Refused as exc:
+        except DiskFullError:  # every later file would fail the same way: stop, say so
+            raise
+        except (_Refused, WriteError) as exc:
             report.skipped.append((where, str(exc)))
         except Exception as exc:  # exiv2 parses untrusted bytes: one file, not the run
             report.skipped.append((where, _one_line(exc)))
@@ -188,26 +192,24 @@ def _write_sidecar(exiv2: ModuleType, row: Mapping[str, Any], image: Path, dest:
         _check_sha256(row, _digest(fh))
     if dest.is_symlink() or (dest.exists() and not dest.is_file()):
         raise _Refused(f"{dest} is not a regular file; not replaced")
-    with _temporary(dest) as tmp:
-        if dest.exists():
+    existing = dest.is_file()
+    with _temporary(dest, like=dest if existing else None) as tmp:
+        if existing:
             shutil.copyfile(dest, tmp)
-            shutil.copymode(dest, tmp)
         else:
             tmp.write_text(EMPTY_PACKET, encoding="utf-8")
         _modify(exiv2, tmp, dest, row)
-        os.replace(tmp, dest)
 
 
 def _write_copy(exiv2: ModuleType, row: Mapping[str, Any], image: Path, dest: Path) -> None:
     if dest.exists() and os.path.samefile(dest, image):
         raise _Refused("the copy would replace the original; choose another folder")
-    with _open_image(image) as src, _temporary(dest) as tmp:
+    with _open_image(image) as src, _temporary(dest, like=image) as tmp:
         # Hash the very bytes copied, so that a change after the check cannot slip in.
+        # Streamed, and edited by exiv2 on disk: a big TIFF is never held in memory.
         with open(tmp, "wb") as out:
             _check_sha256(row, _digest(src, out))
-        shutil.copymode(image, tmp)
         _modify(exiv2, tmp, dest, row)
-        os.replace(tmp, dest)
 
 
 def _modify(exiv2: ModuleType, tmp: Path, dest: Path, row: Mapping[str, Any]) -> None:
@@ -216,6 +218,18 @@ def _modify(exiv2: ModuleType, tmp: Path, dest: Path, row: Mapping[str, Any]) ->
             xmp.modify_xmp(properties(row))
     except Exception as exc:  # exiv2 refusing the format or the bytes
         raise _Refused("exiv2: " + _one_line(exc).replace(str(tmp), dest.name)) from None
+
+
+@contextmanager
+def _temporary(dest: Path, like: Path | None) -> Iterator[Path]:
+    """artnote.files.atomic_path for `dest` (its folder made first: mirrored trees); a
+    write error of any kind is one line naming `dest`."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest, like=like) as tmp:
+            yield tmp
+    except OSError as exc:
+        raise write_error(dest, exc) from None
 
 
 @functools.cache
@@ -255,25 +269,6 @@ def _digest(src: Any, copy: Any = None) -> str:
 def _check_sha256(row: Mapping[str, Any], digest: str) -> None:
     if digest != row.get("sha256"):
         raise _Refused("the image changed since the scan (sha256 differs); scan it again")
-
-
-class _temporary:
-    """A new file beside `dest`, created with the usual permissions (umask, unlike mkstemp's
-    0600) and removed on leaving unless renamed into place by then."""
-
-    def __init__(self, dest: Path) -> None:
-        self.path = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.partial")
-
-    def __enter__(self) -> Path:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)  # mirrored under a folder
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except OSError as exc:
-            raise _Refused(f"cannot write {self.path.parent}: {exc.strerror or exc}") from None
-        return self.path
-
-    def __exit__(self, *_exc: object) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def _ready(folder: Path) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from artnote import __version__
 from artnote.errors import AdapterError
+from artnote.files import write_bytes, write_error, write_text
 from artnote.model.families import Family, decoder_layers, language_model, projector
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -176,20 +177,23 @@ def save_adapter(
     base_revision: str | None,
     extra: dict[str, Any] | None = None,
 ) -> AdapterConfig:
-    """Write exactly the trainable tensors and a config naming the base model."""
-    from safetensors.torch import save_file
+    """Write exactly the trainable tensors and a config naming the base model, each file
+    whole or not at all (artnote.files): never a half-written adapter under the real name."""
+    from safetensors.torch import save
 
     adapters = adapters_of(model)
     if adapters is None:
         raise AdapterError("no adapters attached: nothing to save")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     names = trainable_names(model, family)
     params = dict(model.named_parameters())
     tensors = {n: params[n].detach().to("cpu").contiguous() for n in names}
-    tmp = out / (ADAPTER_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(out / ADAPTER_FILE)  # never leave a half-written adapter under the real name
+    # Serialised in memory and written by Python, so that a full disk is a clear error.
+    write_bytes(out / ADAPTER_FILE, save(tensors))
     config = AdapterConfig(
         base_model=base_model,
         base_revision=base_revision,
@@ -202,7 +206,7 @@ def save_adapter(
         content_hash=file_hash(out / ADAPTER_FILE),
         extra=extra or {},
     )
-    (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
+    write_text(out / CONFIG_FILE, json.dumps(asdict(config), indent=2))
     return config
 
 

@@ -14,23 +14,22 @@ the trained set (adapters, norms, projection), so that
 
 Nothing is unpickled beyond tensors and plain containers (torch.load weights_only),
 weights are streamed key by key from safetensors, and everything is written into a
-temporary folder beside OUT that is renamed only when all of it is written.
+temporary folder beside OUT (artnote.files.atomic_folder) that is renamed only when
+all of it is written and synced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artnote.files import WriteError, atomic_folder
 from artnote.model import convert_artgpt4_io as cio
 from artnote.model.adapters import (
     ADAPTER_FILE,
@@ -159,37 +158,35 @@ def convert_artgpt4(
     for msg in warnings:
         progress(f"warning: {msg}")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = out
     try:
-        model_dir = tmp / "model"
-        progress(f"writing the model folder ({len(expected)} tensors)")
-        embeddings = cio.write_weights(
-            model_dir, expected, sources, max_shard_bytes=max_shard_bytes, progress=progress
-        )
-        config.save_pretrained(model_dir)
-        cio.save_generation_config(llm, config, model_dir)
-        processor.save_pretrained(model_dir)
-        (model_dir / "README.md").write_text(_readme(checkpoint, llm, blip2), encoding="utf-8")
-        adapter_dir = None
-        if plan["kind"] == "artgpt4":
-            progress(f"writing the adapter ({len(targets)} tensors)")
-            adapter_dir = tmp / "adapter"
-            # The real function on the skeleton given the written embeddings: the same
-            # fingerprint load_adapter computes on the loaded model.
-            language_model(skeleton).get_input_embeddings().weight = torch.nn.Parameter(
-                embeddings, requires_grad=False
+        with atomic_folder(out) as tmp:  # renamed to OUT once all of it is on disk
+            model_dir = tmp / "model"
+            progress(f"writing the model folder ({len(expected)} tensors)")
+            embeddings = cio.write_weights(
+                model_dir, expected, sources, max_shard_bytes=max_shard_bytes, progress=progress
             )
-            fingerprint = base_fingerprint(skeleton)
-            _write_adapter(
-                adapter_dir, state, targets, skeleton, family, fingerprint, out, checkpoint
-            )
-        _publish(tmp, out)
-    except OSError as exc:  # a full disk, a folder made at OUT meanwhile, ...
-        shutil.rmtree(tmp, ignore_errors=True)
+            config.save_pretrained(model_dir)
+            cio.save_generation_config(llm, config, model_dir)
+            processor.save_pretrained(model_dir)
+            (model_dir / "README.md").write_text(_readme(checkpoint, llm, blip2), encoding="utf-8")
+            if plan["kind"] == "artgpt4":
+                progress(f"writing the adapter ({len(targets)} tensors)")
+                # The real function on the skeleton given the written embeddings: the same
+                # fingerprint load_adapter computes on the loaded model.
+                language_model(skeleton).get_input_embeddings().weight = torch.nn.Parameter(
+                    embeddings, requires_grad=False
+                )
+                fingerprint = base_fingerprint(skeleton)
+                _write_adapter(
+                    tmp / "adapter", state, targets, skeleton, family, fingerprint, out, checkpoint
+                )
+            if out.is_dir():
+                out.rmdir()  # empty, checked at the start; a folder made meanwhile: refused
+    except WriteError as exc:  # a full disk: names OUT (not its temporary) and the space left
+        raise ConversionError(str(exc).replace(str(tmp), str(out))) from None
+    except OSError as exc:  # a folder made at OUT meanwhile, ...
         raise ConversionError(f"cannot write {out}: {_first_line(exc)}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report = ConversionReport(
         kind=plan["kind"],
         model_dir=out / "model",
@@ -201,7 +198,8 @@ def convert_artgpt4(
         image_token=image_token,
         warnings=warnings,
     )
-    progress(f"wrote {report.model_dir}" + (f" and {report.adapter_dir}" if adapter_dir else ""))
+    adapter = report.adapter_dir
+    progress(f"wrote {report.model_dir}" + (f" and {adapter}" if adapter else ""))
     return report
 
 
@@ -389,12 +387,13 @@ def _identify(config: Any, weights: cio.SafetensorsFolder) -> tuple[dict[str, An
 
 
 def _write_adapter(folder, state, targets, skeleton, family, fingerprint, out, checkpoint) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder.mkdir()
     # clone: a checkpoint's tensors may share storage, which safetensors refuses
     tensors = {name: state[key].detach().clone().contiguous() for key, (name, _) in targets.items()}
-    save_file(tensors, str(folder / ADAPTER_FILE), metadata={"format": "pt"})
+    # safetensors' bytes written by Python, so that a full disk is a clear error
+    (folder / ADAPTER_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))
     hidden = skeleton.config.text_config.hidden_size
     config = AdapterConfig(
         base_model=str((out / "model").resolve()),
@@ -416,12 +415,6 @@ def _check_out(out: Path) -> None:
         raise ConversionError(f"--out {out} exists and is not an empty folder: choose a new one")
     if not out.parent.is_dir():
         raise ConversionError(f"the folder {out.parent} (parent of --out) does not exist")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        out.rmdir()  # empty, checked at the start; os.replace cannot replace a folder
-    os.replace(tmp, out)
 
 
 def _readme(checkpoint: Path, llm: Path, blip2: Path) -> str:

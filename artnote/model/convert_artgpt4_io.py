@@ -7,6 +7,7 @@ BLIP-2 folder's T5 language model is never read at all.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from artnote.errors import ModelError
+from artnote.files import WriteError, write_error
 
 EMBEDDINGS = "language_model.model.embed_tokens.weight"
 _ITEMSIZE = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
@@ -188,7 +190,10 @@ def write_weights(
     for name, keys in zip(names, shards, strict=True):
         tensors = {key: sources[key].load().contiguous() for key in keys}
         embeddings = tensors.get(EMBEDDINGS, embeddings)
-        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        try:  # written in Rust: a full disk comes back as SafetensorError, not OSError
+            save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        except Exception as exc:
+            raise _write_failed(folder / name, exc) from None
         weight_map.update(dict.fromkeys(keys, name))
         progress(f"  {name}: {len(keys)} tensors")
         del tensors  # one shard in memory at a time
@@ -209,6 +214,16 @@ def save_generation_config(llm: Path, config: Any, folder: Path) -> None:
     except (OSError, ValueError):
         generation = GenerationConfig.from_model_config(config.text_config)
     generation.save_pretrained(folder)
+
+
+def _write_failed(path: Path, exc: BaseException) -> WriteError:
+    """The one-line error of a failed write of `path` (a full disk: with the free space)."""
+    if isinstance(exc, OSError):
+        return write_error(path, exc)
+    text = _line(exc)
+    if "No space left" in text or "Disk quota" in text:
+        return write_error(path, OSError(errno.ENOSPC, text))
+    return WriteError(f"cannot write {path}: {text}")
 
 
 def _line(exc: BaseException) -> str:

@@ -11,7 +11,8 @@ frozen part, and a retrained projector needs no new export). Both return one ten
 The export is cached under cache_dir()/onnx, one folder per key: model id,
 revision, family, dtypes, tile size, artnote/torch/transformers versions, and a
 fingerprint of the frozen weights: a sample of every tensor of the vision tower
-(and Q-Former), as a local folder keeps its name when its weights change.
+(and Q-Former), as a local folder keeps its name when its weights change. Processes
+sharing the cache export each entry once, and never read half of one (onnx_cache).
 
 Precision: on CPU the export is float32 (ORT's CPU kernels are float32 and it has
 no bf16), cast to the language model's dtype afterwards. On CUDA a bf16/fp16
@@ -37,21 +38,20 @@ import json
 import logging
 import os
 import re
-import shutil
-import sys
-import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
 from artnote import __version__
 from artnote.errors import ArtnoteError, ConfigError, ModelError
+from artnote.files import DiskFullError
 from artnote.model.encoder_paths import encoder_extra, frozen_path, project, torch_frozen
 from artnote.model.encoder_paths import encoder_modules as _encoder_modules
 from artnote.model.families import inner_model, projector
 from artnote.model.int8 import ensure_int8
 from artnote.model.load import LoadedModel
+from artnote.model.onnx_cache import KEEP_EXPORTS as KEEP_EXPORTS  # its old home
+from artnote.model.onnx_cache import cache_dir, ensure_entry
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ OPSET = 18  # runs on every onnxruntime we accept (>= 1.18), CPU and CUDA
 # run on the host), so CUDA exports stay at OPSET.
 OPSET_CPU_ATTENTION = 23
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
-KEEP_EXPORTS = 4  # per model: new frozen weights (or versions) make a new export; keep a few
 LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")  # fixed input size, as exported
 
 
@@ -149,6 +148,8 @@ def make_encoder(loaded: LoadedModel, kind: str, precision: str = "full") -> Ima
         return TorchEncoder(loaded)
     try:
         return OnnxEncoder(loaded, precision)
+    except DiskFullError:
+        raise  # the user's to fix: the torch path would hide it, and the next write fails too
     except Exception as exc:  # export and ORT fail in many ways; the torch path always works
         _warn_fallback(loaded, exc)
         return TorchEncoder(loaded)
@@ -199,6 +200,8 @@ class OnnxEncoder:
                 self._start(ensure_int8(self.path), int8=True)
                 self.name = "onnx-int8"
                 return
+            except DiskFullError:
+                raise
             except Exception as exc:  # the float32 file is there and works: use it
                 log.warning(
                     "int8 encoder not used (%s); running it in full precision", _reason(exc)
@@ -326,6 +329,8 @@ class OnnxEncoder:
         log.info("encoder weights of %s changed: switching ONNX file", self.loaded.name)
         try:
             self._open(fingerprint)
+        except DiskFullError:
+            raise
         except Exception as exc:
             _warn_fallback(self.loaded, exc)
             self.session = None
@@ -365,14 +370,6 @@ class OnnxEncoder:
 # ---- export and cache ---------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """$ARTNOTE_CACHE_DIR, else $XDG_CACHE_HOME/artnote, else ~/.cache/artnote."""
-    if os.environ.get("ARTNOTE_CACHE_DIR"):
-        return Path(os.environ["ARTNOTE_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "artnote"
-
-
 def encoder_fingerprint(loaded: LoadedModel) -> str:
     """Hash of a sample of the frozen tensors (vision tower, Q-Former) and their config."""
     import torch
@@ -399,7 +396,8 @@ def encoder_fingerprint(loaded: LoadedModel) -> str:
 def ensure_onnx(
     loaded: LoadedModel, dtype: Any, size: tuple[int, ...], fingerprint: str
 ) -> tuple[Path, bool]:
-    """The cached ONNX file for this key, exported first if missing: (path, exported now)."""
+    """The cached ONNX file for this key, exported first if missing (one process at a time,
+    see onnx_cache): (path, exported now)."""
     import torch
     import transformers
 
@@ -413,66 +411,14 @@ def ensure_onnx(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", loaded.name.strip("/"))[-60:]
     prefix = f"{slug}-{loaded.family.name}-{str(dtype).removeprefix('torch.')}-"
-    folder = cache_dir() / "onnx" / (prefix + digest)
-    if (folder / ONNX_FILE).is_file():
-        with contextlib.suppress(OSError):  # a read-only shared cache is fine
-            os.utime(folder)  # most recently used: kept by _prune
-        return folder / ONNX_FILE, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    say = f"exporting the vision encoder of {loaded.name} to ONNX (once per model)... "
-    print(say, end="", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    # Export into a private folder, then rename it into place: the folder (graph and any
-    # external data) appears whole or not at all, so a crash never leaves a trusted half.
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
-        export_onnx(loaded, tmp / ONNX_FILE, dtype, size, opset)
-        (tmp / "key.json").write_text(json.dumps(key, indent=2), encoding="utf-8")
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / ONNX_FILE).is_file():  # else another process finished first
-                # A folder without its graph (e.g. emptied by hand) would block every run.
-                _discard(folder)
-                try:
-                    tmp.rename(folder)
-                except OSError:
-                    if not (folder / ONNX_FILE).is_file():
-                        raise
-    except BaseException:
-        print("failed", file=sys.stderr, flush=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    _prune(folder.parent, prefix)
-    return folder / ONNX_FILE, True
-
-
-def _prune(parent: Path, prefix: str) -> None:
-    """Keep the KEEP_EXPORTS most recently used exports of a model, and no stale temp folders."""
-    exports = sorted(_mtimes(parent.glob(prefix + "*")), reverse=True)
-    day_ago = time.time() - 86400
-    stale = [(t, p) for t, p in _mtimes(parent.glob(".tmp-*")) if t < day_ago]
-    for _, path in exports[KEEP_EXPORTS:] + stale:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _mtimes(paths: Any) -> list[tuple[float, Path]]:
-    """(mtime, path) of each path still there: another process may remove or rename any."""
-    found = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            found.append((path.stat().st_mtime, path))
-    return found
-
-
-def _discard(folder: Path) -> None:
-    """Move a broken export aside (one atomic step), then delete it."""
-    aside = folder.with_name(f".tmp-broken-{os.getpid()}-{folder.name}")
-    with contextlib.suppress(OSError):
-        folder.rename(aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    return ensure_entry(
+        cache_dir() / "onnx" / (prefix + digest),
+        ONNX_FILE,
+        key,
+        lambda path: export_onnx(loaded, path, dtype, size, opset),
+        f"exporting the vision encoder of {loaded.name} to ONNX",
+        prefix,
+    )
 
 
 def _opset(device: Any) -> int:

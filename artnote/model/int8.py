@@ -18,7 +18,8 @@ kernel, as on VNNI) 0.008-0.016. On a random SigLIP-B/16 at 512 px: 0.038, 0.048
 the U8U8 kernel, ~20% slower per tile in the same measurement.)
 
 The two copies have different file names, so a cache folder shared by machines
-of both kinds (a network home) holds both, and each machine opens its own.
+of both kinds (a network home) holds both, and each machine opens its own. Each is
+made by one process at a time, under its lock (files.entry_lock), and appears whole.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 from artnote.errors import ModelError
+from artnote.files import NO_SPACE, entry_lock, fsync_path, temporary_name, write_error
+from artnote.model.onnx_cache import say_waiting
 
 INT8_FILE = "encoder.int8.onnx"  # 8-bit weights: for CPUs with VNNI
 INT8_REDUCED_FILE = "encoder.int8r.onnx"  # 7-bit weights (reduce_range): for all others
@@ -68,7 +71,10 @@ def int8_file(reduced: bool) -> str:
 
 
 def ensure_int8(path: Path, reduced: bool | None = None) -> Path:
-    """The int8 copy of the encoder at `path` for this CPU (or as `reduced` says), made once."""
+    """The int8 copy of the encoder at `path` for this CPU (or as `reduced` says), made once:
+    by one process at a time (the others wait for it), under a temporary name renamed into
+    place, so a reader finds the whole copy or none. A full disk is a DiskFullError naming
+    the copy; any other failure an Int8Unavailable (the float32 file then runs)."""
     reduced = reduce_range() if reduced is None else reduced
     name = int8_file(reduced)
     target = path.with_name(name)
@@ -79,31 +85,48 @@ def ensure_int8(path: Path, reduced: bool | None = None) -> Path:
     except ImportError as exc:
         raise Int8Unavailable(f"onnxruntime.quantization cannot be imported ({exc})") from None
     bits = "7-bit weights, for a CPU without VNNI" if reduced else "8-bit weights"
-    say = f"quantizing the vision encoder to int8 ({bits}; once per model)... "
-    print(say, end="", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    tmp = path.with_name(f".tmp-{os.getpid()}-{name}")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
-    try:
-        quantize_dynamic(
-            str(path),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            reduce_range=reduced,
-            use_external_data_format=False,
-        )
-        os.replace(tmp, target)  # whole or not at all
-    except Exception as exc:
-        print("failed", file=sys.stderr, flush=True)
-        lines = str(exc).strip().splitlines()
-        why = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        raise Int8Unavailable(f"int8 quantization failed ({why})") from exc
-    finally:
-        root.setLevel(level)
-        tmp.unlink(missing_ok=True)
+    doing = f"quantizing the vision encoder to int8 ({bits})"
+    # A hidden lock file beside the copy (.NAME.lock), as for the entry (onnx_cache).
+    with entry_lock(target.with_name("." + name), on_wait=say_waiting(doing)):
+        if target.is_file():  # made by the process we waited for
+            return target
+        print(f"{doing}, once per model... ", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        tmp = temporary_name(target)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
+        try:
+            quantize_dynamic(
+                str(path),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                reduce_range=reduced,
+                use_external_data_format=False,
+            )
+            fsync_path(tmp)  # the rename must publish the data, not a hole, even after a crash
+            os.replace(tmp, target)  # whole or not at all
+        except Exception as exc:
+            print("failed", file=sys.stderr, flush=True)
+            full = _no_space(exc)
+            if full is not None:
+                raise write_error(target, full) from None
+            lines = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            raise Int8Unavailable(f"int8 quantization failed ({why})") from exc
+        finally:
+            root.setLevel(level)
+            tmp.unlink(missing_ok=True)
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return target
+
+
+def _no_space(exc: BaseException | None) -> OSError | None:
+    """The no-space OSError behind `exc` (the quantizer may wrap it), if any."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
