@@ -109,7 +109,7 @@ def main() -> None:
                 samples.append(row)
                 mb = now["rss_kb"] / 1024
                 print(
-                    f"{done:>7} images  {row['seconds']:>7.1f} s  RSS {mb:7.1f} MB"
+                    f"{done:>7} images  {row['seconds']:>7.1f} s  RSS {mb:7.1f} MiB"
                     f"  fds {now['fds']:>4}  threads {now['threads']:>3}",
                     flush=True,
                 )
