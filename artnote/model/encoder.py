@@ -258,7 +258,7 @@ class OnnxEncoder:
             # Mirror Idefics3Model.get_image_features: cast to the tower's dtype, then drop
             # the all-zero padding tiles; each image keeps its real tiles, in order.
             batch, tiles = pixels.shape[:2]
-            flat = pixels.to(self.vision_dtype).reshape(batch * tiles, *pixels.shape[2:])
+            flat = pixels.reshape(batch * tiles, *pixels.shape[2:])  # a view: no copy
             # Not all zero: the same test as transformers' "count of zeros != numel".
             real = flat.reshape(batch * tiles, -1).ne(0.0).any(dim=1)
             counts = real.view(batch, tiles).sum(dim=1).tolist()
@@ -267,34 +267,37 @@ class OnnxEncoder:
                 # The export assumes whole tiles, which SmolVLM's image splitting makes.
                 self._note_torch_batch("tiles with padding inside")
                 return None
-            return list(self._run(flat[real]).split(counts))
+            # The real tiles by index, gathered chunk by chunk in _run: a batch's pixels are
+            # hundreds of MB, and a gathered copy of all of them would be as big again.
+            return list(self._run(flat, real.nonzero().squeeze(1)).split(counts))
 
-    def _run(self, pixels: Any) -> Any:
+    def _run(self, pixels: Any, rows: Any = None) -> Any:
         """(N, 3, H, W) -> frozen features (N, tokens, F) on the model's device, in the
-        export's dtype."""
+        export's dtype; with `rows` (indices), of those rows of `pixels` only."""
         import torch
 
-        # Through the tower's dtype first: ORT then sees exactly the pixels torch would.
-        x = pixels.to(self.vision_dtype).to(self.device, self.export_dtype).contiguous()
-        if x.shape[0] == 0:
-            return torch.empty((0, *self.out_shape), dtype=self.export_dtype, device=self.device)
+        count = pixels.shape[0] if rows is None else rows.shape[0]
+        out = torch.empty((count, *self.out_shape), dtype=self.export_dtype, device=self.device)
         # A batch of 8 SmolVLM images is 100+ tiles: one ORT call would hold every tile's
-        # attention maps at once (GBs). Chunks keep memory flat at no cost in speed.
+        # attention maps at once (GBs). Chunks keep memory flat at no cost in speed, and
+        # each chunk's input is made alone and its output written in place in `out`.
         step = TILES_PER_CALL_CUDA if self.device.type == "cuda" else TILES_PER_CALL_CPU
-        parts = [
-            self._run_bound(x[start : start + step].contiguous())
-            for start in range(0, x.shape[0], step)
-        ]
-        return torch.cat(parts)
+        for start in range(0, count, step):
+            part = slice(start, start + step)
+            chunk = pixels[part] if rows is None else pixels[rows[part]]
+            # Through the tower's dtype first: ORT then sees exactly the pixels torch would.
+            x = chunk.to(self.vision_dtype).to(self.device, self.export_dtype).contiguous()
+            self._run_bound(x, out[part])
+        return out
 
-    def _run_bound(self, x: Any) -> Any:
-        """IO binding, on either provider: ORT reads torch's input tensor and writes into a
-        torch tensor in place (on a GPU nothing crosses to the host; on the CPU no copy)."""
+    def _run_bound(self, x: Any, out: Any) -> None:
+        """IO binding, on either provider: ORT reads torch's input tensor and writes into
+        the torch tensor `out` in place (on a GPU nothing crosses to the host; on the CPU
+        no copy)."""
         import numpy as np
         import torch
 
         element = np.float16 if x.dtype == torch.float16 else np.float32
-        out = torch.empty((x.shape[0], *self.out_shape), dtype=x.dtype, device=x.device)
         kind, index = x.device.type, x.device.index or 0
         binding = self.session.io_binding()
         binding.bind_input(self.input_name, kind, index, element, tuple(x.shape), x.data_ptr())
@@ -305,7 +308,6 @@ class OnnxEncoder:
             torch.cuda.current_stream(x.device).synchronize()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        return out
 
     def _note_torch_batch(self, why: str) -> None:
         if not self._warned:
