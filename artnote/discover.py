@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -150,6 +151,9 @@ class Walked:
         self.unchanged: set[int] = set()  # unchanged on disk
         self.others: set[int] = set()  # new, changed or unreadable (new ones once recorded)
         self.seen: int | None = None  # how many files; None until the walk is done
+        # How many of the files seen had each status, where the catalog counted them instead
+        # of listing them (a rescan that changed nothing: `known` is then left empty).
+        self.before: Mapping[str, int] | None = None
 
     def saw(self, image_id: int) -> bool:
         return image_id in self.unchanged or image_id in self.others
@@ -159,23 +163,33 @@ class Walked:
         ScanSummary's seen, annotated + duplicates + unchanged + pending + failed. `fed`:
         the contents the model annotated in the scan; `annotated`: how many files it fed."""
         seen = self.seen or 0
-        counted = failed = pending = unchanged = done = 0
-        for rel, k in now.items():
-            if k.image_id in self.unchanged:
-                before: str | None = self.known[rel].status
-            elif k.image_id in self.others:
-                before = None
-            else:
-                continue
-            counted += 1
-            if k.status == "failed":
-                failed += 1
-            elif k.status != "annotated":
-                pending += 1
-            elif before in ("annotated", "missing") and k.sha256 not in fed:
-                unchanged += 1  # annotated before, and its content not again now
-            else:
-                done += 1  # fed to the model, or a twin of a content annotated before or now
+        if now is self.known and not self.others and not fed:
+            # Nothing recorded or annotated since the walk (a rescan of unchanged files): each
+            # file seen is counted by the status it had before, which is its status now.
+            by_status = self.before
+            if by_status is None:
+                by_status = Counter(k.status for k in now.values() if k.image_id in self.unchanged)
+            counted, failed = sum(by_status.values()), by_status.get("failed", 0)
+            unchanged, done = by_status.get("annotated", 0), 0
+            pending = counted - failed - unchanged
+        else:
+            counted = failed = pending = unchanged = done = 0
+            for rel, k in now.items():
+                if k.image_id in self.unchanged:
+                    before: str | None = self.known[rel].status
+                elif k.image_id in self.others:
+                    before = None
+                else:
+                    continue
+                counted += 1
+                if k.status == "failed":
+                    failed += 1
+                elif k.status != "annotated":
+                    pending += 1
+                elif before in ("annotated", "missing") and k.sha256 not in fed:
+                    unchanged += 1  # annotated before, and its content not again now
+                else:
+                    done += 1  # fed to the model, or a twin of a content annotated before or now
         return {
             "seen": seen,
             "failed": failed,
@@ -194,8 +208,8 @@ def discover_images(
             yield item
             continue
         prefix, base, files = item
-        for name, size, mtime_ns in files:
-            yield ImageFile(prefix + name, base + name, size, mtime_ns)
+        for rel, size, mtime_ns in files:
+            yield ImageFile(rel, base + rel[len(prefix) :], size, mtime_ns)
 
 
 def plan_scan(
@@ -228,21 +242,63 @@ def scan_folder(
     The rescan fast path: for a folder of unchanged files, the time goes to the
     one stat per file and little else.
     """
+    return plan_folder(root, _hashed_files(known), extensions)
+
+
+def plan_folder(
+    root: str | Path,
+    hashed: Mapping[tuple[str, int, int], int],
+    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+) -> ScanPlan:
+    """scan_folder, given the known files as `hashed`: (relpath, size, mtime_ns) -> image id
+    of each file that was hashed (Catalog.hashed_files, or those of `known`).
+
+    A folder's files are looked up all at once, by those three: no Python loop runs
+    per file unless one of them is new or changed.
+    """
     plan = ScanPlan()
-    unchanged, to_hash, get = plan.unchanged, plan.to_hash, known.get
+    unchanged, to_hash = plan.unchanged, plan.to_hash
     for item in _walk(_check_root(root), _suffixes(extensions)):
         if isinstance(item, ScanProblem):
             plan.problems.append(item)
             continue
         prefix, base, files = item
-        for name, size, mtime_ns in files:
-            rel = prefix + name
-            old = get(rel)
-            if old is not None and old.size == size and old.mtime_ns == mtime_ns and old.sha256:
-                unchanged.append(old.image_id)
+        ids = list(map(hashed.get, files))
+        if None not in ids:
+            unchanged.extend(ids)
+            continue
+        for (rel, size, mtime_ns), image_id in zip(files, ids, strict=True):
+            if image_id is not None:
+                unchanged.append(image_id)
             else:
-                to_hash.append(ImageFile(rel, base + name, size, mtime_ns))
+                to_hash.append(ImageFile(rel, base + rel[len(prefix) :], size, mtime_ns))
     return plan
+
+
+def replan(plan: ScanPlan, known: Mapping[str, KnownFile]) -> ScanPlan:
+    """A plan made from fewer known files (Catalog.hashed_files leaves out the missing
+    ones), checked against all of them: a file to hash that `known` has, unchanged (a
+    missing file come back), is unchanged after all."""
+    to_hash = []
+    for file in plan.to_hash:
+        old = known.get(file.relpath)
+        if old is not None and _same(old, file.size, file.mtime_ns):
+            plan.unchanged.append(old.image_id)
+        else:
+            to_hash.append(file)
+    plan.to_hash = to_hash
+    return plan
+
+
+def _same(old: KnownFile, size: int, mtime_ns: int) -> bool:
+    """Whether a file found with this size and mtime is the known file `old`, unchanged."""
+    return old.size == size and old.mtime_ns == mtime_ns and bool(old.sha256)
+
+
+def _hashed_files(known: Mapping[str, KnownFile]) -> dict[tuple[str, int, int], int]:
+    """(relpath, size, mtime_ns) -> image id of the known files that were hashed: a file the
+    walk finds with the same three is unchanged."""
+    return {(rel, k.size, k.mtime_ns): k.image_id for rel, k in known.items() if k.sha256}
 
 
 def scan_file(root: str | Path, relpath: str, known: Mapping[str, KnownFile]) -> ScanPlan:
@@ -262,14 +318,14 @@ def scan_file(root: str | Path, relpath: str, known: Mapping[str, KnownFile]) ->
         return plan  # replaced by a folder since it was checked: nothing to scan
     old = known.get(relpath)
     size, mtime_ns = info.st_size, info.st_mtime_ns
-    if old is not None and old.size == size and old.mtime_ns == mtime_ns and old.sha256:
+    if old is not None and _same(old, size, mtime_ns):
         plan.unchanged.append(old.image_id)
     else:
         plan.to_hash.append(ImageFile(relpath, abspath, size, mtime_ns))
     return plan
 
 
-# One folder's image files: (relpath prefix, absolute path prefix, [(name, size, mtime_ns)]).
+# One folder's image files: (relpath prefix, absolute path prefix, [(relpath, size, mtime_ns)]).
 _Batch = tuple[str, str, list[tuple[str, int, int]]]
 
 
@@ -360,7 +416,7 @@ def _read_dir(
             problems.append(ScanProblem(prefix + name, base + name, _file_reason(exc, entry)))
             continue
         if S_ISREG(info.st_mode):
-            files.append((name, info.st_size, info.st_mtime_ns))
+            files.append((prefix + name, info.st_size, info.st_mtime_ns))
     return files, subdirs, problems
 
 

@@ -8,13 +8,11 @@ most the batch in flight, and the next scan picks up what is still pending.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
 from pathlib import Path
@@ -28,6 +26,7 @@ from artnote.catalog.rows import FileState, ImageMeta, PendingImage
 from artnote.config import Settings
 from artnote.decoding import CHANGED, Decoder
 from artnote.errors import AdapterError, ArtnoteError, ImageError
+from artnote.export import gc_paused
 from artnote.grounding import RecordContexts
 from artnote.progress import Progress, ProgressFactory, Silent, open_progress
 
@@ -264,7 +263,13 @@ class _Walk(discover.Walked):
         self, pending: list[PendingImage], catalog: Catalog, collection: int, force: bool
     ) -> list[PendingImage]:
         """The pending files this walk saw; a content whose file (the lowest id of its
-        twins) it did not see is fed through a twin it saw, if any."""
+        twins) it did not see is fed through a twin it saw, if any.
+
+        Called before anything is annotated: where _discover found nothing changed and
+        left `known` empty, it is read here, while it still tells each file's status
+        before the scan (tally needs them once files are annotated)."""
+        if self.before is not None:
+            self.known, self.before = catalog.known_files(collection), None
         strays = [p for p in pending if not self.saw(p.image_id)]
         if not strays:
             return pending
@@ -297,13 +302,25 @@ def _discover(walk: _Walk, collection, run_id, settings, catalog, summary) -> bo
     return whether anything may need the model.
 
     An unchanged file costs one stat and no write: last_seen is only updated for
-    files that are (re)recorded or come back after being missing.
+    files that are (re)recorded or come back after being missing. A rescan that finds
+    nothing changed (_nothing_changed) reads the catalog once, as Catalog.hashed_files,
+    and makes no KnownFile.
     """
-    with _gc_paused():  # tens of thousands of small tuples, none of them cyclic
-        known = catalog.known_files(collection)
+    # Tens of thousands of small tuples, none cyclic: on a 10,000-file rescan
+    # (bench/perf_checks.py) pausing the collector took the median from 65-79 ms to 57-60 ms.
+    with gc_paused():
         if walk.only is None:
-            plan = discover.scan_folder(walk.root, known, settings.scan.extensions)
+            hashed, by_status = catalog.hashed_files(collection)
+            plan = discover.plan_folder(walk.root, hashed, settings.scan.extensions)
+            del hashed  # a big collection's: gone before known_files makes another
+            if _nothing_changed(plan, by_status):
+                walk.unchanged, walk.seen = set(plan.unchanged), len(plan.unchanged)
+                walk.before = {s: n for s, n in by_status.items() if s != "missing"}
+                return False
+            known = catalog.known_files(collection)
+            plan = discover.replan(plan, known)
         else:
+            known = catalog.known_files(collection)
             plan = discover.scan_file(walk.root, walk.only, known)
     bad_files = [p for p in plan.problems if not p.is_dir]
     walk.known, walk.unchanged = known, set(plan.unchanged)
@@ -340,18 +357,18 @@ def _discover(walk: _Walk, collection, run_id, settings, catalog, summary) -> bo
     return walk.touched or waiting
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: the rescan makes a tuple or two per file, and
-    the collection passes those trigger walk every object in the process. On a
-    10,000-file rescan (bench/perf_checks.py) the median went from 65-79 ms to 57-60 ms."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+def _nothing_changed(plan: discover.ScanPlan, by_status: dict[str, int]) -> bool:
+    """Whether a walk found every file of the collection that is not missing, and only
+    those, each unchanged, nothing unreadable, and none pending: then a rescan has
+    nothing to record, nothing to mark missing, and nothing for the model (and `known`
+    is not needed: the catalog's counts by status are the tally's)."""
+    present = sum(n for status, n in by_status.items() if status != "missing")
+    return (
+        not plan.problems
+        and not plan.to_hash
+        and not by_status.get("pending")
+        and len(plan.unchanged) == present  # hashed_files has no id twice: each seen once
+    )
 
 
 def _annotate(

@@ -6,7 +6,8 @@ How a scan uses it (artnote.pipeline drives this; nothing here calls the model):
    (which first marks runs left 'running' by dead processes as 'interrupted').
 2. `known = known_files(cid)`; discovery walks the folder and
    `artnote.discover.plan_scan(entries, known)` splits it into unchanged files
-   (same relpath, size, mtime_ns: never opened) and new or changed ones.
+   (same relpath, size, mtime_ns: never opened) and new or changed ones. (A rescan
+   first tries `hashed_files(cid)`, which is enough when nothing changed.)
 3. Hash the new and changed files, `record_files(cid, run, states)`; `touch_seen` only
    the known files that come back after being missing (an unchanged file costs no
    write); `set_missing(ids)` for the known files the walk did not find, except
@@ -25,19 +26,20 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
 from artnote.catalog import linking, objects, queries, reviews, search
 from artnote.catalog.engine import WRITE_OPTIONS, translate_errors
+from artnote.catalog.export_table import column_batches
 from artnote.catalog.models import RUN_OUTCOMES, utcnow
 from artnote.catalog.queries import (
-    OBJECT_COLUMNS,
     annotations,
     chunks,
     collections,
@@ -47,9 +49,9 @@ from artnote.catalog.queries import (
 from artnote.catalog.rows import FileState, ImageInfo, ImageMeta, KnownFile, PendingImage
 from artnote.emotions import EMOTION_COLUMNS, EMOTIONS
 from artnote.errors import CatalogError
-from artnote.export import CSV_COLUMNS
+from artnote.export import CellColumns
 from artnote.records import Annotation, CollectionRecord
-from artnote.text import MULTILINE_FIELDS, TEXT_FIELDS, clean_fields, clean_text, needs_cleaning
+from artnote.text import TEXT_FIELDS, clean_fields
 
 
 class Catalog:
@@ -176,6 +178,23 @@ class Catalog:
         with self._read() as conn:
             rows = conn.execute(stmt).all()  # one fetchall: far cheaper than row by row
         return {row[0]: KnownFile._make(row[1:]) for row in rows}
+
+    def hashed_files(
+        self, collection_id: int
+    ) -> tuple[dict[tuple[str, int, int], int], dict[str, int]]:
+        """What a rescan compares its walk with, without a KnownFile per file: (relpath,
+        size, mtime_ns) -> image id of the collection's files that were hashed and are not
+        missing (a file found with the same three is unchanged), and how many of the
+        collection's files have each status. One query, so the two agree."""
+        hashed = and_(images.c.sha256.is_not(None), images.c.sha256 != "")
+        stmt = select(
+            images.c.relpath, images.c.size, images.c.mtime_ns, images.c.id, images.c.status, hashed
+        ).where(images.c.collection_id == collection_id)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        by_status = Counter(row[4] for row in rows)
+        keyed = {(r, s, m): i for r, s, m, i, status, h in rows if h and status != "missing"}
+        return keyed, dict(by_status)
 
     def record_files(
         self, collection_id: int, run_id: int, files: Sequence[FileState]
@@ -568,33 +587,19 @@ class Catalog:
 
     def export_table(
         self, statuses: Collection[str] | None = None, *, records: bool = False
-    ) -> Iterator[list[Any]]:
+    ) -> CellColumns:
         """The CSV export's rows: cell values in artnote.export.CSV_COLUMNS order, reviews
         laid over (corrected values, status), streamed in path order; the fast path of
         `artnote export csv`, equal to export_rows() in content (`statuses` as there).
-        `records`: object_number, title and maker first (OBJECT_COLUMNS + CSV_COLUMNS)."""
-        status, sha = CSV_COLUMNS.index("status"), CSV_COLUMNS.index("sha256")
-        texts = [(CSV_COLUMNS.index(f), f in MULTILINE_FIELDS) for f in TEXT_FIELDS]
+        `records`: object_number, title and maker first (OBJECT_COLUMNS + CSV_COLUMNS).
+        Iterate it for the rows; write_csv_cells takes them a batch of columns at a time."""
         wanted = _check_statuses(statuses)
-        with self._read() as conn:
-            states = reviews.review_states(conn)
-            for cells in queries.export_table(conn, records):
-                lead = cells[-len(OBJECT_COLUMNS) :] if records else []
-                if records:
-                    del cells[-len(OBJECT_COLUMNS) :]
-                if wanted is not None and _status(states.get(cells[sha])) not in wanted:
-                    continue
-                for at, multiline in texts:  # as export_rows: for catalogs from before cleaning
-                    value = cells[at]
-                    if value and needs_cleaning(value, multiline=multiline):
-                        cells[at] = clean_text(value, multiline=multiline)[0]
-                state = states.get(cells[sha]) if states else None
-                if state is None:
-                    cells[status] = "draft"
-                else:
-                    row = reviews.overlay(dict(zip(CSV_COLUMNS, cells, strict=True)), state)
-                    cells = [row[c] for c in CSV_COLUMNS]
-                yield lead + cells if records else cells
+
+        def batches() -> Iterator[list[Sequence[Any]]]:
+            with self._read() as conn:
+                yield from column_batches(conn, wanted, records)
+
+        return CellColumns(batches)
 
     def status_counts(self) -> dict[str, int]:
         """Counts: images (present), annotated, failed, pending, missing, corrected,
