@@ -32,6 +32,9 @@ and the data are made outside every timing.
 On a machine shared with other work, --repeat R runs every cold and warm run R times
 (the same batches each time) and counts each step with its fastest repeat: another
 process taking a core slows torch's threads many times over, never speeds them up.
+
+The child's side (one run, measured) is bench/train_bench_child.py; the printed report
+is bench/train_bench_report.py.
 """
 
 from __future__ import annotations
@@ -39,10 +42,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from scan_bench import SHAPES  # noqa: E402
+from train_bench_child import child  # noqa: E402
+from train_bench_report import print_report  # noqa: E402
 
 GOAL_RSS_RATIO = 1.2  # peak RSS at the largest size / at the smallest, at most
 GOAL_SPEEDUP = 2.0  # seconds per step with the vision tower / from the cache, at least
@@ -70,7 +73,7 @@ _DESCRIPTIONS = [
 ]
 
 
-# ---- the parent: data, model, children, report -------------------------------------
+# ---- the parent: data, model, children, figures ------------------------------------
 
 
 def art_sources() -> list[Path]:
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "machine": machine(),
     }
-    _print(result, sizes)
+    print_report(result, sizes)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -443,233 +446,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _say(text: str) -> None:
     print(f"train_bench: {text}...", file=sys.stderr, flush=True)
-
-
-def _print(r: dict[str, Any], sizes: list[int]) -> None:
-    m, g = r["machine"], r["goals"]
-    tiles = r["sizes"][str(sizes[0])]["cold"]["tiles_per_image"]
-    print(
-        f"shape {r['shape']}, device {r['device']} ({m['cpu']}, {m['cores']} cores), "
-        f"torch {m['torch']}, encoder {r['encoder']}, batch {r['batch_size']}, "
-        f"{r['steps_per_run']} steps per run (the first left out), {r['repeats']} run(s) "
-        f"each (a step counts with its fastest), loader workers "
-        f"{r['loader_workers']}, images <= {r['image_longest_edge']} px -> processor "
-        f"{r['processor_longest_edge']} px, {tiles or 0:.1f} tiles each"
-    )
-    print(
-        f"{'images':>6} {'cache':>5} {'s/step':>7} {'samples/s':>9} {'tower steps':>11} "
-        f"{'CPU s/step':>10} {'encoded':>7} {'tower':>6} {'wait':>5} {'rest':>5} {'emo':>3} "
-        f"{'peak RSS':>9} {'worker':>7}"
-    )
-    for n in sizes:
-        for phase in ("cold", "warm"):
-            p = r["sizes"][str(n)][phase]
-            print(
-                f"{n:>6} {phase:>5} {p['seconds_per_step']:>7.2f} {p['samples_per_s']:>9.2f} "
-                f"{p['tower_steps']:>5}/{p['timed_steps']:<5} {p['cpu_seconds_per_step']:>10.2f} "
-                f"{p['encoded_images']:>7} {100 * p['share_vision_tower']:>5.0f}% "
-                f"{100 * p['share_loader_wait']:>4.0f}% "
-                f"{100 * p['share_model_and_optimizer']:>4.0f}% "
-                f"{p['most_emotion_samples_in_a_step']:>3} {p['peak_rss_mb']:>6.0f} MB "
-                f"{p['loader_worker_peak_rss_mb']:>4.0f} MB"
-            )
-    contended = sum(
-        r["sizes"][str(n)][p]["contended_steps"] for n in sizes for p in ("cold", "warm")
-    )
-    if contended:
-        print(
-            f"note: {contended} steps ran with fewer cores than usual (other work on the machine)"
-        )
-    met = {True: "met", False: "NOT met"}
-    print(
-        f"peak RSS {sizes[-1]} / {sizes[0]} images: {r['peak_rss_ratio']:.2f}x "
-        f"(goal <= {g['peak_rss_ratio_at_most']}: {met[g['peak_rss_ratio_met']]})"
-    )
-    for n in sizes:
-        s = r["sizes"][str(n)]
-        if s["cached_step_speedup"] is None:
-            print(f"cached-step speed-up at {n} images: not measured (no step ran the tower)")
-            continue
-        print(
-            f"cached-step speed-up at {n} images: {s['cached_step_speedup']:.2f}x over "
-            f"{s['paired_steps']} steps ({s['tower_seconds_per_step']:.2f} s/step with the "
-            f"vision tower, {s['cached_seconds_per_step']:.2f} s/step cached; goal >= "
-            f"{g['cached_step_speedup_at_least']}: "
-            f"{met[s['cached_step_speedup'] >= g['cached_step_speedup_at_least']]}); "
-            f"in CPU seconds {s['cached_step_speedup_cpu']:.2f}x"
-        )
-    for n in sizes:
-        s = r["sizes"][str(n)]
-        print(
-            f"samples/s at {n} images: {s['cold']['samples_per_s']:.2f} cold, "
-            f"{s['warm']['samples_per_s']:.2f} cached"
-        )
-    c = r["step_costs"]
-    if c is not None:
-        tower = c["vision_tower_cpu_seconds_per_image"]
-        print(
-            f"where a step goes (CPU s, fitted over {c['fitted_steps']} cached steps): "
-            f"{c['text_only_step_cpu_seconds']:.2f} for {r['batch_size']} text samples, "
-            f"+{c['per_emotion_sample_cpu_seconds']:.2f} per emotion sample among them; "
-            f"the vision tower {tower or 0:.3f} per image"
-        )
-
-
-# ---- the child: one finetune run, measured ------------------------------------------
-
-
-class _Done(Exception):
-    """Raised from on_step after the last measured step."""
-
-
-def child(spec_path: Path, out_path: Path) -> None:
-    spec = json.loads(spec_path.read_text())
-    from artnote.config import Settings
-
-    settings = Settings()
-    settings.model.name, settings.model.device = spec["model"], spec["device"]
-    settings.model.encoder = spec["encoder"]
-    settings.model.encoder_precision = spec["encoder_precision"]
-    settings.train.loader_workers = spec["loader_workers"]
-    if spec.get("prepare"):
-        out_path.write_text(json.dumps(_prepare(settings)))
-        return
-    import trainer.finetune as ft
-    from trainer.data import CuratedImage, samples_from
-    from trainer.hyperparameters import Hyperparameters
-
-    curated = [CuratedImage(**c) for c in json.loads(Path(spec["curated"]).read_text())]
-    steps, batch = spec["steps"], spec["batch_size"]
-    per_epoch = math.ceil(len(samples_from(curated)) / batch)
-    hp = Hyperparameters(
-        epochs=math.ceil(steps / per_epoch),  # at least `steps` steps; on_step stops there
-        batch_size=batch,
-        val_fraction=0.0,
-        eval_generate=False,
-        checkpoint_every=10**9,  # no checkpoint among the steps
-    )
-    rec = _Recorder()
-    make_context = ft.make_context
-
-    def instrumented(*a: Any, **kw: Any):
-        ctx = make_context(*a, **kw)
-        rec.instrument(ctx)
-        return ctx
-
-    ft.make_context = instrumented
-
-    def on_step(step: int) -> None:
-        rec.step()
-        if step >= steps:
-            raise _Done
-
-    start = time.perf_counter()
-    try:
-        ft.finetune(curated, settings, hp, Path(spec["out_dir"]), progress=False, on_step=on_step)
-    except _Done:
-        pass
-    else:
-        raise SystemExit(f"finetune ended after {len(rec.steps)} steps, before {steps}")
-    out_path.write_text(
-        json.dumps(
-            {
-                "steps": rec.steps,
-                "setup_seconds": rec.started - start,
-                "encode_seconds": rec.encode_total,
-                "tiles": rec.tiles,
-                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "children_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                "peak_decoded": rec.ctx.stream.peak_live,
-                "encoder": rec.ctx.encoder.name,
-                "feature_cache_bytes": rec.ctx.cache.size(),
-            }
-        )
-    )
-
-
-def _prepare(settings: Any) -> dict[str, Any]:
-    """Load the model and make its encoder: the ONNX export (and int8 copy) is cached."""
-    from artnote.model.encoder import make_encoder
-    from artnote.model.load import load_model
-
-    start = time.perf_counter()
-    loaded = load_model(settings.model)
-    encoder = make_encoder(loaded, settings.model.encoder, settings.model.encoder_precision)
-    return {"encoder": encoder.name, "setup_seconds": time.perf_counter() - start}
-
-
-class _Recorder:
-    """Per step: its seconds (wall and CPU), samples (and how many are emotion samples), a
-    digest of its batch, the images the vision tower ran on and its seconds, the seconds
-    spent waiting on the loader (whose worker reads the cache or decodes), and the peak
-    RSS so far."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, Any]] = []
-        self.ctx: Any = None
-        self.tiles, self.encode_total = 0, 0.0
-        self.started = self.last = self.last_cpu = 0.0
-        self._zero()
-
-    def _zero(self) -> None:
-        self.keys: list[str] = []
-        self.emotion, self.encoded, self.encode_s, self.encode_cpu, self.wait_s = 0, 0, 0, 0, 0
-
-    def instrument(self, ctx: Any) -> None:
-        self.ctx = ctx
-        stream, encoder = ctx.stream, ctx.encoder
-        batches, encode_frozen = stream.batches, encoder.encode_frozen
-
-        def timed_encode(pixels: dict[str, Any]):
-            tick, cpu = time.perf_counter(), time.process_time()
-            try:
-                return encode_frozen(pixels)
-            finally:
-                spent = time.perf_counter() - tick
-                self.encode_cpu += time.process_time() - cpu
-                self.encode_s += spent
-                self.encode_total += spent
-                self.encoded += 1
-                shape = getattr(pixels.get("pixel_values"), "shape", ())
-                self.tiles += int(shape[1]) if len(shape) == 5 else 1
-
-        def timed_batches(samples, groups):
-            inner = batches(samples, groups)
-            while True:
-                tick, before = time.perf_counter(), self.encode_s
-                try:
-                    batch, prepared = next(inner)
-                except StopIteration:
-                    return
-                # the time in next(), less the vision tower's (it runs inside the stream)
-                self.wait_s += time.perf_counter() - tick - (self.encode_s - before)
-                self.keys += [f"{s.sha256}:{s.field}" for s in batch]
-                self.emotion += sum(s.field == "emotion" for s in batch)
-                yield batch, prepared
-
-        stream.batches = timed_batches
-        encoder.encode_frozen = timed_encode
-        self.started = self.last = time.perf_counter()
-        self.last_cpu = time.process_time()
-
-    def step(self) -> None:
-        now, cpu = time.perf_counter(), time.process_time()
-        self.steps.append(
-            {
-                "seconds": now - self.last,
-                "cpu_seconds": cpu - self.last_cpu,  # every thread of this process
-                "samples": len(self.keys),
-                "emotion": self.emotion,
-                "batch": hashlib.sha256("\n".join(self.keys).encode()).hexdigest()[:12],
-                "encoded": self.encoded,
-                "encode_seconds": self.encode_s,
-                "encode_cpu_seconds": self.encode_cpu,
-                "wait_seconds": self.wait_s,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
-        )
-        self.last, self.last_cpu = now, cpu
-        self._zero()
 
 
 if __name__ == "__main__":

@@ -271,3 +271,33 @@ def browser():
         instance = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield instance
         instance.close()
+
+
+# ---- `artnote review`'s tests (tests/test_review*.py; helpers in review_support.py) ----
+
+
+@pytest.fixture
+def paintings(annotated_art):
+    """A catalog of the eight sample paintings (two in a subfolder), each annotated with a
+    different certainty: (catalog path, {painter: image id})."""
+    db, _, ids = annotated_art
+    return db, ids
+
+
+@pytest.fixture
+def client(paintings, tmp_path):
+    from review_support import review_app
+    from starlette.testclient import TestClient
+
+    with TestClient(
+        review_app(paintings[0], "ana", ["testserver"], tmp_path), follow_redirects=False
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def served(paintings, tmp_path):
+    from review_support import serving
+
+    with serving(paintings[0], "ana", tmp_path) as url:
+        yield url

@@ -49,6 +49,7 @@ from artnote.corrections import ALT_TEXT_MAX, CorrectionError, approve, correct
 from artnote.emotions import EMOTIONS, normalise_emotion
 from artnote.errors import ArtnoteError, ConflictError
 from web import thumbnails
+from web.review_image import ImageDetail, image_detail, image_file, parse_revision
 from web.review_queries import (
     FORM_PREFIX,
     MAX_TERMS,
@@ -56,11 +57,7 @@ from web.review_queries import (
     SEARCH_LIMIT,
     STATUSES,
     Filters,
-    ImageDetail,
     Lister,
-    image_detail,
-    image_file,
-    parse_revision,
     search_terms,
 )
 from web.security import CSRF_FIELD, BodyLimit, Csrf, HostCheck, SecurityHeaders, same_origin
