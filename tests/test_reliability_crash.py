@@ -63,8 +63,19 @@ def start(args: list[str], env: dict[str, str], hooks: dict | None = None) -> su
     else:
         cmd = [sys.executable, "-m", "artnote.cli", *args]
     return subprocess.Popen(
-        [str(a) for a in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(a) for a in cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal() -> None:
+    """SIGHUP as a process started from a terminal has it: the test runner itself may run
+    under nohup (SIGHUP ignored, inherited), which artnote rightly leaves ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
