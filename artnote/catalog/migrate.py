@@ -8,6 +8,7 @@ tables but no Alembic version (not an artnote catalog).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import sqlite3
 from collections.abc import Collection
@@ -92,10 +93,11 @@ def quick_heads(folder: Path) -> set[str] | None:
     if literals is None:
         return None
     revisions, parents = literals
-    return (revisions - parents) or None
+    return set(revisions - parents) or None
 
 
-def _revision_literals(folder: Path) -> tuple[set[str], set[str]] | None:
+@functools.cache  # once per process: quick_heads and refuse_newer_file both ask
+def _revision_literals(folder: Path) -> tuple[frozenset[str], frozenset[str]] | None:
     """(every revision, every parent revision) of the revision files, from their
     literals without importing them; None when a file cannot be read so."""
     revisions: set[str] = set()
@@ -121,7 +123,7 @@ def _revision_literals(folder: Path) -> tuple[set[str], set[str]] | None:
             parents.add(down)
         elif isinstance(down, tuple | list):
             parents.update(str(d) for d in down)
-    return revisions, parents
+    return frozenset(revisions), frozenset(parents)
 
 
 def refuse_newer_file(path: Path, where: str) -> None:
