@@ -46,6 +46,9 @@ class GenerationSettings:
     temperature: float = 0.7  # used only when do_sample
     top_p: float = 0.9  # used only when do_sample
     seed: int = 0  # used only when do_sample
+    # auto (cuda-graphs on CUDA, growing on CPU) | growing | static | cuda-graphs: how the
+    # fields are decoded; the same text each way, only the speed differs
+    decode_loop: str = "auto"
 
 
 @dataclass
@@ -230,6 +233,7 @@ _CHOICES = {
     ("model", "quantization"): ("none", "8bit", "4bit"),
     ("model", "encoder"): ("onnx", "torch"),
     ("model", "encoder_precision"): ("auto", "full", "int8"),
+    ("generation", "decode_loop"): ("auto", "growing", "static", "cuda-graphs"),
 }
 
 

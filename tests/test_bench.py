@@ -26,6 +26,8 @@ def test_scan_bench_smoke_prints_the_ratio(tmp_path, art_paths):
             "4",
             "--tokens",
             "3",
+            "--naive-sample",
+            "2",
             "--json",
             str(out),
         ],
@@ -48,6 +50,7 @@ def test_scan_bench_smoke_prints_the_ratio(tmp_path, art_paths):
     ):
         assert key in result
     assert result["images"] == 4 and result["ratio"] > 0
+    assert result["naive_images"] == 2  # the naive loop timed on a sample, its rate per image
     assert {
         "decode_wait",
         "model",

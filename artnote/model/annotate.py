@@ -31,7 +31,14 @@ from artnote.config import GenerationSettings, Settings
 from artnote.emotions import EMOTIONS
 from artnote.errors import ModelError
 from artnote.model import inputs, prompts
-from artnote.model.branches import DEAD, PREFIX, Tree, attention_kernels, kv_pairs
+from artnote.model.branches import (
+    DEAD,
+    PREFIX,
+    GraphedStep,
+    Tree,
+    attention_kernels,
+    kv_pairs,
+)
 from artnote.model.encoder import ImageEncoder, make_encoder
 from artnote.model.families import language_model
 from artnote.model.load import LoadedModel
@@ -144,6 +151,20 @@ class Annotator:
             kv, mask = self._prefill(images)
             return self._score_emotions(kv, mask, contexts or [""] * len(images))
 
+    def decode_loop(self) -> str:
+        """How the fields are decoded ([generation] decode_loop; the same text each way):
+        growing (the cache grows, finished images leave the batch: the CPU's default),
+        static (fixed shapes, every row stays), cuda-graphs (static, each step replayed
+        as one CUDA graph: the default on CUDA, where a step is otherwise bound by the
+        host launching its kernels)."""
+        loop = self.gen.decode_loop
+        cuda = self.loaded.device.type == "cuda"
+        if loop == "auto":
+            return "cuda-graphs" if cuda else "growing"
+        if loop == "cuda-graphs" and not cuda:
+            raise ModelError("[generation] decode_loop = cuda-graphs needs a CUDA device")
+        return loop
+
     def suffix(self, field: str, context: str = "", emotion: str | None = None) -> list[int]:
         """The token ids after the prefix of one field's prompt (question, end of turn,
         assistant start, lead); the plain prompts' are made once."""
@@ -234,7 +255,9 @@ class Annotator:
             for e, c in zip(dominant, contexts, strict=True)
         ]
         width = max(sum(map(len, row)) for row in rows_suffixes)
-        tree = Tree(self, kv, mask, room=width + n * max(budget.values()))
+        loop = self.decode_loop()
+        static = loop != "growing"
+        tree = Tree(self, kv, mask, room=width + n * max(budget.values()), static=static)
         branches = [tree.new_branch(parent=PREFIX) for _ in GEN_FIELDS]
         feed = torch.full((len(dominant), width), self.pad_id, device=device)
         owner = torch.full_like(feed, DEAD)
@@ -250,6 +273,13 @@ class Annotator:
                 last[r, j] = at - 1
         hidden = tree.forward(feed, owner, tree.after[PREFIX][:, None] + pos)
         hidden = hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1]))
+        if loop == "cuda-graphs":
+            step_logits = GraphedStep(tree, self.head)
+        else:
+
+            def step_logits(ids, owner, positions):
+                return self.head(tree.forward(ids, owner, positions)).float()
+
         logits = self.head(hidden).float()  # (rows, fields, vocab)
         next_pos = tree.after[PREFIX][:, None] + pos.gather(1, last) + 1  # per row and field
         limit = torch.tensor([budget[f] for f in GEN_FIELDS], device=device)
@@ -280,19 +310,19 @@ class Annotator:
             if not bool(live.any()):
                 break
             going = live.any(dim=1)
-            if not bool(going.all()):  # finished images leave the batch
+            if not static and not bool(going.all()):  # finished images leave the batch
                 keep = going.nonzero().squeeze(1)
                 tree.select(keep)
                 index, token, live, next_pos = index[keep], token[keep], live[keep], next_pos[keep]
             still = [c for c, on in zip(cols, live[:, cols].any(dim=0).tolist(), strict=True) if on]
-            if len(still) < len(cols):  # a field finished in every image: its column goes
+            if not static and len(still) < len(cols):  # a field done in every image: it goes
                 token = token[:, [cols.index(c) for c in still]]
                 cols = still
+            # (A static tree keeps every row and column: finished ones are fed as DEAD.)
             owner = torch.tensor([branches[c] for c in cols], device=device).expand_as(token)
             owner = torch.where(live[:, cols], owner, DEAD)
-            hidden = tree.forward(token, owner, next_pos[:, cols])
+            logits = step_logits(token, owner, next_pos[:, cols])
             next_pos[:, cols] += 1
-            logits = self.head(hidden).float()
         self.stats["generate"] += time.perf_counter() - t0
         return [
             {
