@@ -46,8 +46,8 @@ class GenerationSettings:
     temperature: float = 0.7  # used only when do_sample
     top_p: float = 0.9  # used only when do_sample
     seed: int = 0  # used only when do_sample
-    # auto (cuda-graphs on CUDA, growing on CPU) | growing | static | cuda-graphs: how the
-    # fields are decoded; the same text each way, only the speed differs
+    # auto (= growing) | growing | static | cuda-graphs (CUDA only): how the fields are
+    # decoded; the same text each way, only the speed differs
     decode_loop: str = "auto"
 
 

@@ -209,7 +209,14 @@ def run_naive(loaded, paths: list[Path], tokens: int) -> float:
 
 
 def run_artnote(
-    loaded, folder: Path, tokens: int, batch_size: int, work: Path, precision: str, annotator=None
+    loaded,
+    folder: Path,
+    tokens: int,
+    batch_size: int,
+    work: Path,
+    precision: str,
+    annotator=None,
+    decode_loop: str = "auto",
 ):
     from artnote.catalog import open_catalog
     from artnote.config import Settings
@@ -222,12 +229,13 @@ def run_artnote(
     settings.scan.batch_size = batch_size
     settings.scan.decode_workers = max(2, min(8, os.cpu_count() or 2))
     settings.model.encoder_precision = precision
+    g.decode_loop = decode_loop
     # The one-time export (and int8 copy) happen here, outside the timing.
     if annotator is None:
         annotator = Annotator(loaded, g, encoder="onnx", encoder_precision=precision)
     else:
         annotator.gen = g
-    catalog = open_catalog(work / "bench.db")
+    catalog = open_catalog(work / f"bench-{decode_loop}.db")  # each loop scans afresh
     summary = scan(
         folder, settings, catalog, AnnotatorFactory(lambda: annotator), model_name=loaded.name
     )
@@ -337,6 +345,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per image, so the ratio stands (the full naive loop over 256 images on a GPU "
         "takes over 30 minutes)",
     )
+    ap.add_argument(
+        "--decode-loop",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "growing", "static", "cuda-graphs"],
+        help="artnote's [generation] decode_loop; several: artnote runs once with each, "
+        "side by side (the first gives the headline figures)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument(
         "--memory",
@@ -358,11 +374,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaded = build(args.shape, device, work)
         sample = paths[: args.naive_sample] if args.naive_sample > 0 else paths
         naive_s = run_naive(loaded, sample, args.tokens)
-        summary, annotator = run_artnote(
-            loaded, work / "collection", args.tokens, batch, work, args.encoder_precision
-        )
-    if summary.annotated != args.images:
-        raise SystemExit(f"artnote annotated {summary.annotated} of {args.images} images")
+        runs = {}
+        for loop in dict.fromkeys(args.decode_loop):
+            runs[loop] = run_artnote(
+                loaded,
+                work / "collection",
+                args.tokens,
+                batch,
+                work,
+                args.encoder_precision,
+                decode_loop=loop,
+            )
+            if runs[loop][0].annotated != args.images:
+                raise SystemExit(
+                    f"artnote ({loop}) annotated {runs[loop][0].annotated} of {args.images} images"
+                )
+        summary, annotator = next(iter(runs.values()))
     result: dict[str, Any] = {
         "shape": args.shape,
         "images": args.images,
@@ -382,6 +409,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bound = roofline(loaded, annotator, summary, args.tokens, batch)
     if bound is not None:
         result["roofline"] = bound
+    result["decode_loops"] = {}
+    for loop, (run, run_annotator) in runs.items():
+        entry = {
+            "resolved": run_annotator.decode_loop(),
+            "images_per_s": run.images_per_s,
+            "ratio": run.images_per_s / (len(sample) / naive_s),
+            "generate_seconds": round(run.stages.get("model.generate", 0.0), 3),
+        }
+        loop_bound = roofline(loaded, run_annotator, run, args.tokens, batch)
+        if loop_bound and "fraction_of_roofline" in loop_bound:
+            entry["fraction_of_roofline"] = loop_bound["fraction_of_roofline"]
+        result["decode_loops"][loop] = entry
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -488,6 +527,14 @@ def _print(r: dict[str, Any]) -> None:
     print(f"ratio artnote/naive: {r['ratio']:.2f}x")
     print("artnote stages (s): " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
     print(f"peak RSS: {r['peak_rss_mb']:.0f} MB")
+    if len(r.get("decode_loops", {})) > 1:
+        for loop, e in r["decode_loops"].items():
+            share = e.get("fraction_of_roofline")
+            print(
+                f"decode_loop {loop} ({e['resolved']}): {e['images_per_s']:.3f} images/s, "
+                f"{e['ratio']:.2f}x naive, generating {e['generate_seconds']} s"
+                + (f", {100 * share:.0f}% of the roofline" if share is not None else "")
+            )
     if "roofline" in r and "fraction_of_roofline" in r["roofline"]:
         rf = r["roofline"]
         print(

@@ -28,6 +28,9 @@ def test_scan_bench_smoke_prints_the_ratio(tmp_path, art_paths):
             "3",
             "--naive-sample",
             "2",
+            "--decode-loop",
+            "auto",
+            "static",
             "--json",
             str(out),
         ],
@@ -51,6 +54,9 @@ def test_scan_bench_smoke_prints_the_ratio(tmp_path, art_paths):
         assert key in result
     assert result["images"] == 4 and result["ratio"] > 0
     assert result["naive_images"] == 2  # the naive loop timed on a sample, its rate per image
+    loops = result["decode_loops"]  # both loops scanned every image, side by side
+    assert [loops[k]["resolved"] for k in ("auto", "static")] == ["growing", "static"]
+    assert "decode_loop static (static):" in proc.stdout
     assert {
         "decode_wait",
         "model",

@@ -1,4 +1,4 @@
-"""The decoding loops ([generation] decode_loop) give the same text: growing (the CPU's
+"""The decoding loops ([generation] decode_loop) give the same text: growing (the
 default), static (fixed shapes) and, on CUDA, cuda-graphs (static, replayed as graphs)."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_cuda_graphs_on_a_cpu_model_is_one_clear_error(tiny_models, art_images):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cuda_graphs_decode_what_the_growing_loop_decodes_cuda(tiny_models, art_images, family):
     growing = _annotator(tiny_models[family], "growing", "cuda")
-    graphs = _annotator(tiny_models[family], "auto", "cuda")
+    graphs = _annotator(tiny_models[family], "cuda-graphs", "cuda")
     assert graphs.decode_loop() == "cuda-graphs"
     want = growing.annotate(art_images)
     got = graphs.annotate(art_images)

@@ -153,15 +153,14 @@ class Annotator:
 
     def decode_loop(self) -> str:
         """How the fields are decoded ([generation] decode_loop; the same text each way):
-        growing (the cache grows, finished images leave the batch: the CPU's default),
-        static (fixed shapes, every row stays), cuda-graphs (static, each step replayed
-        as one CUDA graph: the default on CUDA, where a step is otherwise bound by the
-        host launching its kernels)."""
+        growing (the cache grows, finished images leave the batch), static (fixed shapes,
+        every row stays), cuda-graphs (static, each step replayed as one CUDA graph, for
+        GPUs where a step is bound by the host launching its kernels). auto is growing
+        until cuda-graphs has been measured and checked on a GPU (see README)."""
         loop = self.gen.decode_loop
-        cuda = self.loaded.device.type == "cuda"
         if loop == "auto":
-            return "cuda-graphs" if cuda else "growing"
-        if loop == "cuda-graphs" and not cuda:
+            return "growing"
+        if loop == "cuda-graphs" and self.loaded.device.type != "cuda":
             raise ModelError("[generation] decode_loop = cuda-graphs needs a CUDA device")
         return loop
 
