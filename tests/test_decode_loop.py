@@ -15,15 +15,15 @@ FAMILIES = ("llava", "smolvlm", "artgpt4")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
-def _annotator(path, loop: str, device: str = "cpu") -> Annotator:
+def _annotator(path, loop: str, device: str = "cpu", **gen) -> Annotator:
     if device == "cuda":  # float32 without TF32, so that greedy tokens compare exactly
         torch.backends.cuda.matmul.allow_tf32 = False
     loaded = load_model(ModelSettings(name=str(path), device=device, dtype="float32"))
     # Fields of different lengths, so columns finish at different steps.
-    gen = GenerationSettings(
-        alt_text_tokens=3, description_tokens=9, explanation_tokens=5, decode_loop=loop
+    settings = GenerationSettings(
+        alt_text_tokens=3, description_tokens=9, explanation_tokens=5, decode_loop=loop, **gen
     )
-    return Annotator(loaded, gen)
+    return Annotator(loaded, settings)
 
 
 def _texts(annotations):
@@ -59,6 +59,20 @@ def test_static_loop_decodes_what_the_growing_loop_decodes(tiny_models, art_imag
         torch.testing.assert_close(
             torch.tensor(a.extra["emotion_loglik"]), torch.tensor(b.extra["emotion_loglik"])
         )
+
+
+def test_sampled_text_is_the_same_in_both_loops(tiny_models, art_images):
+    """Each image draws from its own generator at every step it is decoded: a static tree
+    keeps finished images in the batch, and that must not shift anyone's draws."""
+    sampled = {"do_sample": True, "temperature": 1.5, "top_p": 0.95, "seed": 7}
+    growing = _annotator(tiny_models["llava"], "growing", **sampled)
+    static = _annotator(tiny_models["llava"], "static", **sampled)
+    end = _early_end(growing, art_images, [""] * 8)
+    for annotator in (growing, static):
+        annotator.eos_ids = annotator.eos_ids | {end}
+    want = growing.annotate(art_images)
+    assert len({len(a.description.split()) for a in want}) > 1  # rows ended apart
+    assert _texts(static.annotate(art_images)) == _texts(want)
 
 
 def _step_shapes(path, loop: str, images) -> list:
