@@ -20,9 +20,9 @@ from typing import Any
 
 from artnote import discover
 from artnote.catalog import Catalog
-from artnote.catalog.catalog import hidden_by
 from artnote.catalog.queries import image_path
 from artnote.catalog.rows import FileState, ImageMeta, PendingImage
+from artnote.catalog.tracking import hidden_by
 from artnote.config import Settings
 from artnote.decoding import CHANGED, Decoder
 from artnote.errors import AdapterError, ArtnoteError, ImageError
