@@ -428,9 +428,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def memory_main(args: argparse.Namespace) -> dict[str, Any]:
-    """Peak RSS of a scan, stage by stage: the weights, the encoder's session, the scan's
-    peak; against the weights plus one batch's tensors (pixels, image features, the
-    prefix's KV cache), measured on the first batch."""
+    """Peak RSS of a scan, stage by stage: the runtime, the weights, the encoder's session,
+    what is resident when the scan starts, and the scan's peak with the annotator stage it
+    was reached in; against the weights plus one batch's tensors (pixels, image features,
+    the prefix's KV cache), measured on the first batch."""
     import torch
 
     from artnote.model.annotate import Annotator
@@ -452,6 +453,7 @@ def memory_main(args: argparse.Namespace) -> dict[str, Any]:
         # The encoder's session (after the one-time export and int8 copy, when the cache
         # is cold); the scan below uses this very annotator.
         annotator = Annotator(loaded, encoder="onnx", encoder_precision=args.encoder_precision)
+        result["encoder"] = annotator.encoder.name
         result["after_encoder_rss_mb"] = _rss_mb()
         from PIL import Image
 
@@ -460,35 +462,115 @@ def memory_main(args: argparse.Namespace) -> dict[str, Any]:
             enc = annotator.format.encode_prefix(annotator.prefix, images)
             features = annotator.encoder.encode(enc.pixels)
             kv, _ = annotator._prefill(images)
-        tensors = sum(t.nbytes for t in enc.pixels.values() if isinstance(t, torch.Tensor))
-        tensors += sum(f.nbytes for f in features) + sum(k.nbytes + v.nbytes for k, v in kv)
-        result["batch_tensors_mb"] = tensors / 2**20
+        parts = {
+            "pixels": sum(t.nbytes for t in enc.pixels.values() if isinstance(t, torch.Tensor)),
+            "features": sum(f.nbytes for f in features),
+            "kv_cache": sum(k.nbytes + v.nbytes for k, v in kv),
+        }
+        result["batch_tensors_mb"] = sum(parts.values()) / 2**20
+        result["batch_parts_mb"] = {k: v / 2**20 for k, v in parts.items()}
         del enc, features, kv, images
+        result["before_scan_rss_mb"] = _rss_mb()
+        sampler = _StageRss(annotator)
         _reset_peak()
-        summary, annotator = run_artnote(
-            loaded,
-            work / "collection",
-            args.tokens,
-            batch,
-            work,
-            args.encoder_precision,
-            annotator,
-        )
+        try:
+            summary, annotator = run_artnote(
+                loaded,
+                work / "collection",
+                args.tokens,
+                batch,
+                work,
+                args.encoder_precision,
+                annotator,
+            )
+        finally:
+            sampler.close()
         result["scan_peak_rss_mb"] = _peak_mb()
+        result["stage_peak_rss_mb"] = sampler.peaks
+        result["peak_stage"] = max(sampler.peaks, key=sampler.peaks.get, default="")
         result["images_per_s"] = summary.images_per_s
     result["ratio"] = result["scan_peak_rss_mb"] / (
         result["weights_mb"] + result["batch_tensors_mb"]
     )
     result["target"] = 2.0
-    for key, value in result.items():
-        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    print(
-        f"peak RSS of the scan is {result['ratio']:.2f}x the weights plus one batch's tensors "
-        "(target <= 2)"
-    )
+    _print_memory(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+class _StageRss:
+    """VmRSS sampled every 10 ms in a thread during the scan, each sample under the
+    annotator's stage (those of Annotator.stats; `pipeline` outside them: decoding ahead,
+    the catalog). Sampling can miss a peak of a few ms: VmHWM is the scan's true peak."""
+
+    STAGES = (  # (object, method, stage); preprocess and encode run inside prefill
+        ("format", "encode_prefix", "preprocess"),
+        ("encoder", "encode", "encode"),
+        (None, "_prefill", "prefill"),
+        (None, "_score_emotions", "scoring"),
+        (None, "_generate", "generate"),
+    )
+
+    def __init__(self, annotator: Any) -> None:
+        import threading
+
+        self.stack = ["pipeline"]
+        self.peaks: dict[str, float] = {}
+        self.wrapped: list[tuple[Any, str]] = []
+        for owner, method, stage in self.STAGES:
+            obj = annotator if owner is None else getattr(annotator, owner)
+            fn = getattr(obj, method, None)
+            if fn is not None and method not in vars(obj):  # a method: restored by delattr
+                setattr(obj, method, self._staged(stage, fn))
+                self.wrapped.append((obj, method))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _staged(self, stage: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.stack.append(stage)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stack.pop()
+
+        return run
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.01):
+            stage, rss = self.stack[-1], _rss_mb()
+            self.peaks[stage] = max(self.peaks.get(stage, 0.0), rss)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+        for obj, method in self.wrapped:
+            delattr(obj, method)
+
+
+def _print_memory(r: dict[str, Any]) -> None:
+    gb = 1024
+    parts = ", ".join(f"{k} {v / gb:.2f}" for k, v in r["batch_parts_mb"].items())
+    stages = ", ".join(f"{k} {v / gb:.2f}" for k, v in r["stage_peak_rss_mb"].items())
+    lines = [
+        f"shape {r['shape']}, {r['images']} images, batch {r['batch_size']}, "
+        f"encoder {r['encoder']}",
+        f"runtime (Python, torch, transformers): {r['start_rss_mb'] / gb:.2f} GiB",
+        f"weights: {r['weights_mb'] / gb:.2f} GiB of parameters and buffers; RSS "
+        f"+{(r['after_weights_rss_mb'] - r['start_rss_mb']) / gb:.2f} GiB",
+        "encoder session (with the export and int8 copy on a cold cache): RSS "
+        f"+{(r['after_encoder_rss_mb'] - r['after_weights_rss_mb']) / gb:.2f} GiB",
+        f"one batch's tensors: {r['batch_tensors_mb'] / gb:.2f} GiB ({parts})",
+        f"resident when the scan starts (one batch run before it): "
+        f"{r['before_scan_rss_mb'] / gb:.2f} GiB",
+        f"scan peak: {r['scan_peak_rss_mb'] / gb:.2f} GiB, in stage {r['peak_stage']} "
+        f"(sampled peak per stage, GiB: {stages})",
+        f"peak RSS of the scan is {r['ratio']:.2f}x the weights plus one batch's tensors "
+        f"(target <= {r['target']:g})",
+    ]
+    print("\n".join(lines))
 
 
 def _rss_mb() -> float:

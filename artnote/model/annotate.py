@@ -182,7 +182,9 @@ class Annotator:
         device = self.loaded.device
         ids = enc.input_ids.to(device)
         mask = enc.attention_mask.to(device)
-        embeds = inputs.embed_with_images(self.model, ids, enc.image_mask, features)
+        image_mask = enc.image_mask
+        del enc  # the batch's pixels (hundreds of MB of tiles): not kept through the prefill
+        embeds = inputs.embed_with_images(self.model, ids, image_mask, features)
         self.counts["prefix_tokens"] += int(mask.sum())
         self.counts["image_tokens"] += sum(int(f.shape[0]) for f in features)
         from transformers import DynamicCache

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from artnote.errors import ModelError
 from artnote.files import NO_SPACE, entry_lock, fsync_path, temporary_name, write_error
-from artnote.model.onnx_cache import say_waiting
+from artnote.model.onnx_cache import release_freed_memory, say_waiting
 
 INT8_FILE = "encoder.int8.onnx"  # 8-bit weights: for CPUs with VNNI
 INT8_REDUCED_FILE = "encoder.int8r.onnx"  # 7-bit weights (reduce_range): for all others
@@ -119,6 +119,7 @@ def ensure_int8(path: Path, reduced: bool | None = None) -> Path:
         finally:
             root.setLevel(level)
             tmp.unlink(missing_ok=True)
+            release_freed_memory()  # the quantizer's copies of the model
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return target
 

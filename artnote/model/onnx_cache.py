@@ -15,6 +15,8 @@ leaves nothing under the entry's name; a full disk is a one-line DiskFullError n
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import itertools
 import json
 import os
@@ -89,8 +91,33 @@ def ensure_entry(
             print("failed", file=sys.stderr, flush=True)
             raise
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    release_freed_memory()
     prune(folder.parent, prefix)
     return path, True
+
+
+def release_freed_memory() -> None:
+    """Give back to the system the heap that a one-time export or quantization freed.
+
+    Both allocate hundreds of MB in small pieces (traced graphs, protobufs) that the
+    C allocator keeps after they are freed: measured 0.7 GB after the export and int8
+    copy of a SmolVLM-256M encoder, held as RSS for the whole scan that follows. Only
+    glibc has malloc_trim; elsewhere this only runs the garbage collector.
+    """
+    gc.collect()  # the exporter's graphs hold cycles: freed only now
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's malloc_trim; elsewhere a no-op).
+    Tens of ms at most (47 ms for 0.5 GB of holes on the 2-core CPU); a page handed back
+    costs a page fault when it is used again."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no libc.so.6 or no malloc_trim)
+        pass
 
 
 def prune(parent: Path, prefix: str) -> None:
