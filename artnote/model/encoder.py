@@ -219,6 +219,7 @@ class OnnxEncoder:
 
     def _start(self, path: Path, int8: bool) -> None:
         self.session: Any = _session(path, self.device)
+        self.quantized = int8
         self.run_options = _run_options(self.device)
         self.session_path = path
         self.input_name = self.session.get_inputs()[0].name
@@ -302,6 +303,11 @@ class OnnxEncoder:
         # attention maps at once (GBs). Chunks keep memory flat at no cost in speed, and
         # each chunk's input is made alone and its output written in place in `out`.
         step = TILES_PER_CALL_CUDA if self.device.type == "cuda" else TILES_PER_CALL_CPU
+        if self.quantized:
+            # Dynamic quantization scales a MatMul's activations per call (one scale for
+            # the whole tensor): tiles sharing a call would change each other's features,
+            # and an image's text would depend on its batch. One tile per call instead.
+            step = 1
         for start in range(0, count, step):
             part = slice(start, start + step)
             chunk = pixels[part] if rows is None else pixels[rows[part]]
