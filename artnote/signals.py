@@ -20,6 +20,7 @@ scheduler's repeated TERM; its SIGKILL still ends everything.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -71,12 +72,27 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def handle_stop_signals() -> None:
     """Make SIGTERM and SIGHUP raise Stopped in the main thread. A signal the process
-    was started ignoring stays ignored (`nohup` ignores SIGHUP: that choice holds)."""
+    was started ignoring stays ignored (`nohup` ignores SIGHUP: that choice holds).
+    A stop is then told once, by the CLI, in one line (see `_no_stop_tracebacks`)."""
+    if logging.lastResort is not None and _no_stop_tracebacks not in logging.lastResort.filters:
+        logging.lastResort.addFilter(_no_stop_tracebacks)
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _on_signal)
+
+
+def _no_stop_tracebacks(record: logging.LogRecord) -> bool:
+    """Drop a log record that carries a stop (Ctrl-C, SIGTERM, SIGHUP) as its exception.
+
+    A library may log the interrupt before re-raising it: SQLAlchemy's pool logs
+    "Exception during reset or similar" with a traceback when the stop lands while a
+    connection is being returned. The stop goes on to the CLI, which reports it in one
+    line; the traceback would only alarm. (A filter on Python's last-resort handler: the
+    one that prints warnings when nothing configured logging, as in artnote's CLI.)"""
+    exc = record.exc_info[0] if record.exc_info else None
+    return not (exc is not None and issubclass(exc, KeyboardInterrupt))
 
 
 @contextmanager

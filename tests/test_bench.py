@@ -169,4 +169,9 @@ def test_scan_bench_memory_explains_the_peak(tmp_path, art_paths, monkeypatch):
     )
     assert json.loads(out.read_text())["ratio"] == result["ratio"] > 0
     assert result["weights_mb"] > 0 and result["batch_tensors_mb"] > 0
-    assert result["scan_peak_rss_mb"] >= result["after_weights_rss_mb"] > result["start_rss_mb"]
+    assert result["after_weights_rss_mb"] > result["start_rss_mb"]
+    # (Not >= after_weights_rss_mb: the heap trimmed before the scan's encode can leave the
+    # scan's peak below what was resident after loading.)
+    assert result["scan_peak_rss_mb"] > result["weights_mb"]
+    stages = result["stage_peak_rss_mb"]  # the peak placed in a stage of the scan
+    assert result["peak_stage"] in stages and all(v > 0 for v in stages.values())

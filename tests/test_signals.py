@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -171,3 +173,28 @@ def test_the_review_server_answers_the_request_in_flight_then_stops(tmp_path, si
     assert answer.get("status") == 200 and "</html>" in str(answer.get("body")), answer
     assert code == 128 + signum, err
     assert f"Stopped by {signal.Signals(signum).name}." in err
+
+
+def test_a_stop_logged_by_a_library_prints_no_traceback():
+    """SQLAlchemy's pool logs a KeyboardInterrupt that lands while it returns a connection
+    ("Exception during reset or similar", with a traceback) and re-raises it; the CLI
+    reports the stop in one line, so that record is dropped. Other errors still print."""
+    code = """
+import logging, signal
+from artnote import signals
+signals.handle_stop_signals()
+log = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+for exc in (KeyboardInterrupt(), signals.Stopped(signal.SIGTERM)):
+    try:
+        raise exc
+    except BaseException:
+        log.error("Exception during reset or similar", exc_info=True)
+try:
+    raise OSError("disk gone")
+except OSError:
+    log.error("a real error", exc_info=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception during reset" not in proc.stderr
+    assert "a real error" in proc.stderr and "OSError: disk gone" in proc.stderr
